@@ -1,0 +1,6 @@
+"""relearn's built-in adapters, installed as the import package ``relearn_adapters``.
+
+Each module in ``BUILTIN_MODULES`` is registered with the plugin manager exactly as a third-party adapter is.
+"""
+
+BUILTIN_MODULES: tuple[str, ...] = ()

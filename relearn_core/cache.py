@@ -1,0 +1,56 @@
+"""On-disk cache of per-image and per-pair artefacts.
+
+An entry is keyed by (content hashes of the images involved, stage name, stage parameters), stored as one
+compressed ``.npz`` file written atomically, so a second run reuses it and an interrupted run resumes where it stopped.
+The cache folder is ``$RELEARN_CACHE`` or ``~/.cache/relearn``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .imageio import atomic_write_bytes
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RELEARN_CACHE", Path.home() / ".cache" / "relearn"))
+
+
+class Cache:
+    """A folder of ``<stage>/<key>.npz`` entries. ``Cache(None)`` disables caching (everything is recomputed)."""
+
+    def __init__(self, root: str | os.PathLike | None = ...):
+        self.root = default_cache_dir() if root is ... else (Path(root) if root is not None else None)
+
+    @staticmethod
+    def key(hashes: tuple[str, ...] | list[str], params: dict) -> str:
+        text = json.dumps({"inputs": list(hashes), "params": params}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def path(self, stage: str, hashes, params: dict) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / stage / f"{self.key(hashes, params)}.npz"
+
+    def get_or_compute(self, stage: str, hashes, params: dict, compute: Callable[[], dict[str, np.ndarray]]):
+        """Return the cached arrays of this entry, computing and storing them first when absent or unreadable."""
+        path = self.path(stage, hashes, params)
+        if path is not None and path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    return {name: stored[name] for name in stored.files}
+            except (OSError, ValueError, EOFError):
+                path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
+        arrays = compute()
+        if path is not None:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            atomic_write_bytes(path, buffer.getvalue())
+        return arrays

@@ -1,0 +1,132 @@
+"""Reading and writing images, saliency maps and masks; matching files by stem; atomic writes.
+
+Every stage reads its inputs through these functions so that bad files fail the same way everywhere:
+an :class:`~relearn_core.errors.InputError` whose message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def list_by_stem(folder: str | os.PathLike, suffix: str = "") -> dict[str, Path]:
+    """Map file stem -> path for the image files in ``folder``.
+
+    ``suffix`` is a part of the stem to strip (for maps named ``<id>_dss.png`` pass ``"_dss"``).
+    Raises InputError when the folder does not exist or two files share a stem.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        stem = path.stem
+        if suffix:
+            if not stem.endswith(suffix):
+                continue
+            stem = stem[: -len(suffix)]
+        if stem in found:
+            raise InputError(path, f"two files with the stem {stem!r} (also {found[stem].name})")
+        found[stem] = path
+    return found
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(path, f"cannot be read as an image ({type(exc).__name__})") from None
+    return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An RGB image as uint8 (H, W, 3); grey, palette and RGBA images are converted (alpha is dropped)."""
+    path = Path(path)
+    image = _open(path)
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if array.ndim != 3 or min(array.shape[:2]) < 1:
+        raise InputError(path, f"unexpected image shape {array.shape}")
+    return array
+
+
+def _to_grey_float(path: Path, image: Image.Image) -> np.ndarray:
+    """Any single- or multi-channel image as float64 (H, W) scaled by its type's range (8 or 16 bit, float)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        return array / top
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float64)
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.float64)
+    if image.mode != "L":
+        image = image.convert("RGBA" if "A" in image.mode else "RGB").convert("L")
+    return np.asarray(image, dtype=np.float64) / 255.0
+
+
+def read_map(path: str | os.PathLike) -> np.ndarray:
+    """A saliency map as float64 (H, W) in [0, 1] (8- or 16-bit, grey or RGB). Rejects NaN."""
+    path = Path(path)
+    array = _to_grey_float(path, _open(path))
+    if not np.isfinite(array).all():
+        raise InputError(path, "map has NaN or infinite values")
+    return np.clip(array, 0.0, 1.0)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A ground-truth mask as bool (H, W): foreground where the value is above half its range."""
+    return read_map(path) > 0.5
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_map(path: str | os.PathLike, saliency: np.ndarray) -> None:
+    """Write a float map in [0, 1] as an 8-bit grey PNG, atomically."""
+    import io
+
+    saliency = np.asarray(saliency, dtype=np.float64)
+    if saliency.ndim != 2 or not np.isfinite(saliency).all():
+        raise InputError(path, f"refusing to write a map of shape {saliency.shape} or with NaN values")
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex, first 16 characters): the key of every per-image cache entry."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
