@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -29,3 +31,356 @@ def reports_errors(command):
 @click.version_option(__version__, prog_name="relearn")
 def main():
     """relearn: make a salient object detection model better by multiple instance joint re-learning."""
+
+
+# --- base models (adapters): the options every command that names a base shares, `adapters`, `predict` ---
+
+
+@dataclass(frozen=True)
+class BaseChoice:
+    """The base model named on the command line by the options of :func:`base_options`."""
+
+    name: str
+    maps: Path | None = None
+    model: Path | None = None
+    adapter_files: tuple[Path, ...] = ()
+    device: str = "auto"
+    extra: tuple[tuple[str, object], ...] = ()
+
+    def adapter(self):
+        """Load the ``--adapter`` files and find the base (RelearnError when it is unknown or lacks its maps)."""
+        from .base import select_base
+
+        return select_base(self.name, self.adapter_files, self.maps)
+
+    def options(self) -> dict:
+        """The user's options for the adapter: ``--maps``, ``--model`` and every ``--base-option``."""
+        chosen = dict(self.extra)
+        if self.maps is not None:
+            chosen["maps"] = str(self.maps)
+        if self.model is not None:
+            chosen["model"] = str(self.model)
+        return chosen
+
+
+def _parse_base_option(ctx, param, values):
+    import yaml
+
+    parsed = []
+    for text in values:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{text!r}: expected KEY=VALUE", ctx=ctx, param=param)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return tuple(parsed)
+
+
+def base_options(command):
+    """Add --base, --maps, --model, --adapter, --device and --base-option to a command; it receives ``base: BaseChoice``."""
+
+    @functools.wraps(command)
+    def wrapper(*args, base, maps, model, adapter_files, device, base_option, **kwargs):
+        choice = BaseChoice(base, maps, model, tuple(adapter_files), device, base_option)
+        return command(*args, base=choice, **kwargs)
+
+    decorators = [
+        click.option("--base", required=True, metavar="NAME", help="Base model (adapter); see `relearn adapters list`."),
+        click.option("--maps", type=click.Path(path_type=Path), help="Folder of the base's precomputed maps."),
+        click.option("--model", type=click.Path(path_type=Path), help="Network file, for the onnx / torchscript bases."),
+        click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+                     help="Load adapters from this Python file (repeatable)."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
+        click.option("--base-option", "base_option", multiple=True, metavar="KEY=VALUE", callback=_parse_base_option,
+                     help="An option of the adapter (repeatable; the value is read as YAML)."),
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+@main.group()
+def adapters():
+    """Base models: list them, show one, scaffold a new one."""
+
+
+@adapters.command("list")
+@click.argument("pattern", required=False, default="*")
+@click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Also load adapters from this Python file.")
+@reports_errors
+def adapters_list(pattern, adapter_files):
+    """List adapters whose name matches PATTERN (wildcards * ? [..]): name, source, version, description."""
+    from . import plugins
+
+    for path in adapter_files:
+        plugins.load_adapter_file(path)
+    found = plugins.list_adapters(pattern)
+    if not found:
+        click.echo(f"relearn: no adapter matches {pattern!r}", err=True)
+        sys.exit(1)
+    name_width = max(len(adapter.name) for adapter in found)
+    source_width = max(len(str(adapter.source)) for adapter in found)
+    for adapter in found:
+        version = adapter.source.version or "-"
+        click.echo(f"{adapter.name:<{name_width}}  {str(adapter.source):<{source_width}}  {version:<8}  {adapter.info.description}")
+
+
+@adapters.command("show")
+@click.argument("name")
+@click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Also load adapters from this Python file.")
+@reports_errors
+def adapters_show(name, adapter_files):
+    """Everything known about the adapter NAME (and its published scores when registry.yaml has them)."""
+    from . import plugins
+    from .registry import load_registry
+
+    for path in adapter_files:
+        plugins.load_adapter_file(path)
+    adapter = plugins.get_adapter(name)
+    info = adapter.info
+    rows = [
+        ("name", info.name),
+        ("description", info.description),
+        ("paper", info.paper),
+        ("venue", " ".join(str(part) for part in (info.venue, info.year) if part)),
+        ("predicts from", info.predicts_from),
+        ("source", str(adapter.source)),
+        ("version", adapter.source.version or "-"),
+    ]
+    rows += [(f"option {key}", repr(value)) for key, value in info.options.items()]
+    registry = load_registry()
+    entry = registry.baseline(info.name)
+    if entry is not None:
+        rows += [(f"published {dataset}", f"max F {score.max_f:.3f}  MAE {score.mae:.3f}") for dataset, score in entry.published.items()]
+        if entry.published:
+            rows.append(("scores from", registry.published_source))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        if value:
+            click.echo(f"{label:<{width}}  {value}")
+
+
+@adapters.command("new")
+@click.argument("name")
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path), help="Folder to create the package in.")
+@reports_errors
+def adapters_new(name, folder):
+    """Scaffold an installable adapter package NAME in --dir: pyproject with the entry point, hook module, test."""
+    from .scaffold import scaffold_adapter
+
+    for path in scaffold_adapter(name, folder):
+        click.echo(f"wrote {path}")
+    click.echo(f"next: pip install -e {folder} && pytest {folder} && relearn adapters list {name}")
+
+
+@main.command()
+@base_options
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of images.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the maps (PNG, image stems).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per adapter call.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache of computed maps.")
+@reports_errors
+def predict(base, images_dir, out_dir, batch_size, no_cache):
+    """Write the base model's saliency maps of the images as 8-bit PNGs named by image stem.
+
+    Maps already in --out are kept (an interrupted run resumes). Images that fail are listed at the end and the
+    exit status is 1.
+    """
+    from tqdm import tqdm
+
+    from .base import BaseMapFailure, iter_base_maps
+    from .cache import Cache
+    from .errors import InputError
+    from .imageio import list_by_stem, write_map
+
+    adapter = base.adapter()
+    images = list_by_stem(images_dir)
+    if not images:
+        raise InputError(images_dir, "no images (.jpg, .png, .bmp, .tif) in this folder")
+    inputs = [Path(images_dir).resolve()] + ([base.maps.resolve()] if base.maps is not None else [])
+    if Path(out_dir).resolve() in inputs:
+        raise InputError(out_dir, "the output folder must not be an input folder")
+    todo = [path for stem, path in images.items() if not (Path(out_dir) / f"{stem}.png").exists()]
+    failures: list[BaseMapFailure] = []
+    outcomes = iter_base_maps(adapter, todo, base.options(), base.device, None if no_cache else Cache(), batch_size)
+    for path, outcome in tqdm(outcomes, total=len(todo), desc=f"predict {adapter.name}", unit="image", disable=None, file=sys.stderr):
+        if isinstance(outcome, BaseMapFailure):
+            failures.append(outcome)
+        else:
+            write_map(Path(out_dir) / f"{path.stem}.png", outcome)
+    done = len(todo) - len(failures)
+    click.echo(f"{adapter.name}: wrote {done} maps to {out_dir} ({len(images) - len(todo)} were already there)")
+    if failures:
+        click.echo(f"relearn: {len(failures)} of {len(todo)} images failed:", err=True)
+        by_problem: dict[str, list] = {}
+        for failure in failures:
+            by_problem.setdefault(failure.problem, []).append(failure)
+        for problem, group in by_problem.items():
+            if len(group) == 1:
+                click.echo(f"  {group[0]}", err=True)
+            else:  # one line per distinct problem, e.g. a model file that cannot be loaded fails every image alike
+                names = ", ".join(failure.image.name for failure in group)
+                click.echo(f"  base {adapter.name!r} failed on {len(group)} images ({names}): {problem}", err=True)
+        sys.exit(1)
+
+
+# --- evaluation: `eval` and `table` ---
+
+
+@main.command("eval")
+@click.option("--pred", "pred_dir", required=True, type=click.Path(path_type=Path), help="Folder of saliency maps.")
+@click.option("--gt", "gt_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of ground-truth masks, matched to the maps by file stem.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every score, its definition and the input problems as JSON.")
+@click.option("--per-image", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one CSV row of scores per image.")
+@click.option("--curves", "curves_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the PR, ROC, F- and E-vs-threshold curves as .npz.")
+@click.option("--suffix", default="", help="Strip this from map stems before matching (maps named <id>_dss.png: _dss).")
+@click.option("--resize", is_flag=True, help="Resize maps to their mask's size instead of skipping them.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, resize, workers, quiet):
+    """Score saliency maps against masks: max/mean/adaptive F (dataset- and image-level), MAE, AUC, S, E, weighted F.
+
+    Unreadable files, maps or masks without a partner, colour masks and size mismatches are reported one line each
+    and skipped; the exit status is 2 when no pair could be scored.
+    """
+    from .evaluate import evaluate_folders, format_summary, write_curves, write_json, write_per_image_csv
+
+    report = evaluate_folders(pred_dir, gt_dir, resize=resize, suffix=suffix, progress=not quiet, workers=workers)
+    for line in report.messages():
+        click.echo(f"relearn: {line}", err=True)
+    if not report.count:
+        raise RelearnError(f"{pred_dir}: nothing could be evaluated against {gt_dir} "
+                           f"({len(report.skipped)} pairs skipped, {len(report.unmatched_maps)} maps without mask)")
+    click.echo(format_summary(report))
+    for path, write in ((json_path, write_json), (csv_path, write_per_image_csv), (curves_path, write_curves)):
+        if path is not None:
+            write(report, path)
+            click.echo(f"wrote {path}")
+
+
+@main.command("table")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for table.md/.csv/.tex, scores.json and figures/.")
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated scores for the columns (default: the config's, else max_f,mae,auc).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@reports_errors
+def table_command(config, out_dir, metrics, workers, quiet):
+    """Datasets x methods table (Markdown, CSV, LaTeX) and PR / F-vs-threshold figures from a YAML CONFIG.
+
+    A method whose maps are missing for a dataset gets an empty cell and a warning naming the folder.
+    """
+    from .table import build_table, load_config, write_table
+
+    table_config = load_config(config)
+    if metrics:
+        table_config = table_config.with_metrics([name.strip() for name in metrics.split(",") if name.strip()])
+    result = build_table(table_config, progress=not quiet, workers=workers)
+    for line in result.warnings:
+        click.echo(f"relearn: warning: {line}", err=True)
+    for path in write_table(result, out_dir):
+        click.echo(f"wrote {path}")
+
+
+# --- re-learning: `train` and `wrap` (relearn_core/pipeline.py) ---
+
+
+def _echo_run_report(report, what: str) -> None:
+    if report.unreadable:
+        click.echo(f"relearn: {len(report.unreadable)} unreadable images skipped:", err=True)
+        for path, problem in report.unreadable:
+            click.echo(f"  {path}: {problem}", err=True)
+    if report.base_failures:
+        click.echo(f"relearn: the base failed on {len(report.base_failures)} images (left out):", err=True)
+        for failure in report.base_failures:
+            click.echo(f"  {failure}", err=True)
+    if report.missing_gt:
+        click.echo(f"relearn: {len(report.missing_gt)} training images have no ground truth (skipped as targets, "
+                   f"kept in the pool): {', '.join(report.missing_gt)}", err=True)
+    stages = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in report.seconds.items())
+    click.echo(f"{what}; pool of {report.pool_size} images; time by stage: {stages or 'all cached'}")
+
+
+def _progress(quiet: bool):
+    return (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+
+
+@main.command("train")
+@base_options
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of training images.")
+@click.option("--gt", "gt_dir", required=True, type=click.Path(path_type=Path), help="Folder of their masks (same stems).")
+@click.option("--pool", "pools", multiple=True, type=click.Path(path_type=Path),
+              help="Extra unlabelled pool images (folder, repeatable); the training images are always in the pool.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
+@click.option("--backbone", default=None, help="Feature backbone (default: handcrafted, needs no weights; vgg16-hed is the paper's).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML overriding fields of the re-learner's configuration (see relearn_core.pipeline.RelearnConfig).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@reports_errors
+def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_path, no_cache, quiet):
+    """Train a re-learner for a base model on labelled images; write one checkpoint file."""
+    import yaml
+
+    from .base import resolve_device
+    from .cache import Cache
+    from .errors import InputError
+    from .pipeline import RelearnConfig, train
+
+    config = RelearnConfig()
+    if config_path is not None:
+        try:
+            overrides = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(config_path, f"cannot be read as YAML ({type(exc).__name__})") from None
+        config = config.with_overrides(overrides)
+    if backbone:
+        config = config.with_overrides({"backbone": backbone})
+    device = resolve_device(base.device)
+    report = train(base.adapter(), images_dir, gt_dir, out_path, pools, options=base.options(), config=config,
+                   device=device, cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
+    _echo_run_report(report, f"wrote {out_path}")
+
+
+@main.command("wrap")
+@base_options
+@click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Re-learner checkpoint (default: $RELEARN_HOME/models/<base>.pt, else the one shipped for the base).")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of images.")
+@click.option("--pool", "pools", multiple=True, type=click.Path(path_type=Path),
+              help="Pool images (folder, repeatable); default: the other input images.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the Our(X) maps.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@reports_errors
+def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, quiet):
+    """Write Our(X) maps: the base model's maps re-learned against a pool (PNG, image stems).
+
+    Maps already in --out are kept (an interrupted run resumes). Images with no usable neighbour keep their base map.
+    """
+    from .base import resolve_device
+    from .cache import Cache
+    from .pipeline import default_checkpoint, load_checkpoint, wrap
+
+    adapter = base.adapter()
+    device = resolve_device(base.device)
+    relearner = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(adapter.name), adapter.name, device)
+    report = wrap(adapter, relearner, images_dir, out_dir, pools, options=base.options(), device=device,
+                  cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
+    _echo_run_report(report, f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "
+                              f"({len(report.kept_base)} kept the base map: no usable neighbour or nothing unsure; "
+                              f"{len(report.already_done)} were already there)")
+    if report.base_failures or report.unreadable:
+        sys.exit(1)

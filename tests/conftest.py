@@ -1,6 +1,12 @@
 """Fixtures shared by the tests. Tests that need ../shared/data fail (never skip) when it is missing."""
 
+import os
 from pathlib import Path
+
+# The suite runs as two pytest-xdist workers on two cores: one thread each avoids torch/OpenMP oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import pytest

@@ -1,0 +1,76 @@
+"""Bases that read precomputed saliency maps from a folder (``--maps DIR``).
+
+``maps`` takes any method's maps; every baseline of registry.yaml (``dss``, ``srm``, ...) gets an adapter of its own
+name that applies the registry's file naming (stem + suffix + extension). The maps are matched to the images by stem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from relearn_core.errors import InputError, RelearnError
+from relearn_core.hookspecs import AdapterInfo, hookimpl
+from relearn_core.imageio import IMAGE_SUFFIXES, read_map
+from relearn_core.registry import load_registry
+
+GENERIC = "maps"
+
+
+def _infos() -> dict[str, AdapterInfo]:
+    infos = {
+        GENERIC: AdapterInfo(
+            name=GENERIC,
+            description="any method's precomputed maps, from --maps DIR (named <image stem><suffix>.<ext>)",
+            predicts_from="maps",
+            options={"suffix": "", "extension": ""},
+        )
+    }
+    for baseline in load_registry().baselines:
+        infos[baseline.name] = AdapterInfo(
+            name=baseline.name,
+            description=f"{baseline.display} ({baseline.tag}): the authors' released maps, from --maps DIR",
+            paper=f"{baseline.full_name}. {baseline.authors}",
+            venue=baseline.venue,
+            year=baseline.year,
+            predicts_from="maps",
+            options={"suffix": baseline.suffix, "extension": baseline.extension},
+        )
+    return infos
+
+
+@hookimpl
+def relearn_adapters():
+    return list(_infos().values())
+
+
+def find_map(folder: Path, stem: str, suffix: str, extension: str) -> Path:
+    """The map file of image ``stem`` in ``folder``: ``stem + suffix + extension``, or any image extension if none is set."""
+    extensions = [extension] if extension else list(IMAGE_SUFFIXES)
+    for ext in extensions:
+        for candidate in (folder / f"{stem}{suffix}{ext}", folder / f"{stem}{suffix}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    expected = f"{stem}{suffix}{extension or '.png'}"
+    raise InputError(folder, f"maps folder has no map for image {stem!r} (expected {expected})")
+
+
+@hookimpl
+def relearn_predict(adapter, images, names, options):
+    if adapter not in _infos():
+        return None
+    if not options.get("maps"):
+        raise RelearnError(f"base {adapter!r} reads precomputed maps: give their folder with --maps DIR")
+    folder = Path(options["maps"])
+    if not folder.is_dir():
+        raise InputError(folder, "maps folder not found")
+    suffix, extension = str(options.get("suffix") or ""), str(options.get("extension") or "")
+    maps = []
+    for image, stem in zip(images, names):
+        path = find_map(folder, stem, suffix, extension)
+        saliency = read_map(path).astype(np.float32)
+        if saliency.shape != image.shape[:2]:
+            raise InputError(path, f"map is {saliency.shape[1]}x{saliency.shape[0]} but image {stem!r} is {image.shape[1]}x{image.shape[0]}")
+        maps.append(saliency)
+    return maps
