@@ -1,0 +1,538 @@
+"""Dense SIFT descriptors and SIFT Flow (Liu, Yuen and Torralba, TPAMI 2011), on torch and batched over pairs.
+
+SIFT Flow finds, for every pixel p of a target image, a displacement w(p) = (u, v) into a neighbour image that
+minimises
+
+    E(w) = sum_p min(||s1(p) - s2(p + w(p))||_1, t)                              data term
+         + eta * sum_p (|u(p)| + |v(p)|)                                          small displacement
+         + sum_(p,q) min(alpha |u(p) - u(q)|, d) + min(alpha |v(p) - v(q)|, d)    truncated L1 smoothness
+
+over the 4-connected grid, where s1, s2 are dense SIFT descriptors.
+
+How it is minimised here (the paper's scheme, vectorised):
+- Descriptors: 4x4 cells of 8-bin gradient-orientation histograms per pixel (128 values, SIFT's normalise /
+  clip at 0.2 / renormalise), projected per pair by PCA to ``descriptor_dims`` values for speed. Projected L1
+  distances are rescaled so that their mean equals the full 128-d descriptor's mean L1 distance, so the energy's
+  constants keep the units of the full descriptor whatever the projection.
+- Coarse to fine: a pyramid of descriptor images (2x2 averaging). At the top level every pixel searches a
+  (2 * top_radius + 1)^2 window around zero; at each finer level the upsampled flow (times 2, rounded) is the
+  centre of a (2 * radius + 1)^2 window per pixel.
+- At each level, min-sum loopy belief propagation on the paper's dual-layer graph: one layer of horizontal
+  displacements u, one of vertical displacements v, coupled at each pixel by the data term. Messages inside a
+  layer carry truncated L1 costs between neighbours whose windows have different centres; they are computed
+  exactly in O(labels) with the distance transform of the L1 cost (a forward and a backward pass over the
+  labels) and a shift by the difference of the centres where they differ. All messages are updated in parallel
+  (synchronous schedule); tensors keep labels first so that every per-label slice is contiguous.
+- The decoded flow is the joint (u, v) minimising each pixel's belief. The sub-pixel part comes from the data
+  term at the neighbouring labels (an equiangular fit: L1 costs are V-shaped near their minimum), lightly
+  smoothed (Gaussian, sigma 1 working px).
+Everything runs at a working resolution (long side ``working_size``); the flow is then resized and rescaled to
+the original pixel grids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import RelearnError
+
+CONTRAST_FLOOR = 0.05  # descriptors of gradients weaker than this fraction of the mean stay short
+SUBPIXEL_SMOOTHING = 1.0  # sigma (working px) of the Gaussian over the refined flow
+MIN_SIDE = 32  # smaller images do not hold one SIFT descriptor's support at the working resolution
+
+
+@dataclass(frozen=True)
+class SiftFlowParams:
+    """SIFT Flow settings. Energy constants are in units of the L1 distance between unit-norm 128-d SIFT
+    descriptors (true matches are about 1 apart, unrelated descriptors about 9): the paper's code uses alpha = 2,
+    d = 40 and eta = 0.005 for descriptors scaled to 0..255 with the constants scaled by 255 too, which are the
+    same values in these units."""
+
+    working_size: int = 224  # long side of the working resolution, px
+    cell_size: int = 4  # SIFT cell width at the working resolution, px (descriptor spans 4 cells)
+    descriptor_dims: int = 32  # PCA dimensions (128 keeps the full descriptor)
+    levels: int = 3  # pyramid levels, the finest being the working resolution
+    top_radius: int = 8  # search radius at the coarsest level, px of that level
+    radius: int = 2  # search radius around the upsampled flow at the finer levels (the paper: 2 or 3)
+    top_iterations: int = 30  # belief propagation sweeps at the coarsest level
+    iterations: int = 10  # sweeps at each finer level
+    alpha: float = 2.0  # smoothness weight per pixel of flow difference
+    d: float = 40.0  # smoothness truncation (20 alpha)
+    eta: float = 0.005  # small-displacement weight
+    t: float = 10.0  # data-term truncation (about the distance between unrelated descriptors)
+    subpixel: bool = True  # refine the integer flow to sub-pixel precision from the data term
+
+
+@dataclass(frozen=True)
+class FlowField:
+    """Dense correspondence from a target image to a neighbour image, at the target's original size.
+
+    ``flow[y, x] = (dx, dy)``: target pixel (x, y) corresponds to neighbour pixel (x + dx, y + dy), in the
+    neighbour's original pixel coordinates. ``cost[y, x]`` is ||f(i) - f(j)||_1, the descriptor distance at the
+    match (energy units, see :class:`SiftFlowParams`)."""
+
+    flow: np.ndarray  # (H, W, 2) float32
+    cost: np.ndarray  # (H, W) float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dense SIFT
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """Luminance in [0, 1] of an RGB(A) or grey image, uint8 or float in [0, 1]."""
+    image = np.asarray(image)
+    scale = 1 / 255 if image.dtype == np.uint8 else 1.0
+    if image.ndim == 3:
+        return (image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) * scale
+    return image.astype(np.float32) * scale
+
+
+def dense_sift(grey: torch.Tensor, cell_size: int = 4) -> torch.Tensor:
+    """SIFT descriptors at every pixel of grey images (N, 1, H, W) in [0, 1]: (N, 128, H, W), unit L2 norm.
+
+    Gradient orientations are voted into 8 bins with linear interpolation between bins, pooled over 4x4 cells with
+    bilinear (tent) spatial weights and a Gaussian window over the descriptor (sigma = half its width), then
+    normalised, clipped at 0.2 and renormalised as in SIFT. Flat regions keep near-zero descriptors (the
+    normaliser has a floor) so they match everything equally and the smoothness term decides there."""
+    n, _, h, w = grey.shape
+    smooth = _gaussian_blur(grey, 0.8)
+    padded = F.pad(smooth, (1, 1, 1, 1), mode="replicate")
+    gx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) * 0.5
+    gy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) * 0.5
+    magnitude = torch.sqrt(gx * gx + gy * gy)
+    position = torch.remainder(torch.atan2(gy, gx), 2 * math.pi) * (8 / (2 * math.pi))
+    lower = torch.floor(position)
+    upper_weight = position - lower
+    lower = lower.long() % 8
+    orientations = torch.zeros(n, 8, h, w, dtype=grey.dtype, device=grey.device)
+    orientations.scatter_add_(1, lower, magnitude * (1 - upper_weight))
+    orientations.scatter_add_(1, (lower + 1) % 8, magnitude * upper_weight)
+
+    # tent kernel of half-width cell_size: each pixel votes bilinearly into the cells around it
+    taps = torch.arange(-cell_size + 1, cell_size, device=grey.device, dtype=grey.dtype)
+    tent = 1 - taps.abs() / cell_size
+    tent = tent / tent.sum()
+    cells = _separable_conv(orientations, tent)
+
+    offsets = [int(math.floor((i - 1.5) * cell_size + 0.5)) for i in range(4)]
+    reach = max(abs(o) for o in offsets)
+    cells = F.pad(cells, (reach, reach, reach, reach), mode="replicate")
+    sigma = 2.0 * cell_size
+    parts = []
+    for oy in offsets:
+        for ox in offsets:
+            weight = math.exp(-(ox * ox + oy * oy) / (2 * sigma * sigma))
+            parts.append(weight * cells[..., reach + oy : reach + oy + h, reach + ox : reach + ox + w])
+    descriptor = torch.cat(parts, dim=1)
+    norm = descriptor.norm(dim=1, keepdim=True)
+    floor = CONTRAST_FLOOR * norm.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
+    descriptor.div_(torch.maximum(norm, floor)).clamp_max_(0.2)
+    return descriptor.div_(torch.maximum(descriptor.norm(dim=1, keepdim=True), floor))
+
+
+def _separable_conv(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    channels = maps.shape[1]
+    half = kernel.numel() // 2
+    maps = F.pad(maps, (half, half, half, half), mode="replicate")
+    maps = F.conv2d(maps, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(maps, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    half = max(1, int(math.ceil(2.5 * sigma)))
+    taps = torch.arange(-half, half + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-(taps**2) / (2 * sigma * sigma))
+    return _separable_conv(maps, kernel / kernel.sum())
+
+
+def _project(target: torch.Tensor, neighbour: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA of each pair's descriptors (fitted on both images of the pair), L1 distances rescaled to the full ones."""
+    n, c, h, w = target.shape
+    if dims >= c:
+        return target, neighbour
+    rows_t = target.flatten(2).transpose(1, 2)  # (N, HW, C)
+    rows_n = neighbour.flatten(2).transpose(1, 2)
+    step = max(1, (h * w) // 4096)
+    sample = torch.cat([rows_t[:, ::step], rows_n[:, ::step]], dim=1)
+    mean = sample.mean(dim=1, keepdim=True)
+    centred = sample - mean
+    covariance = centred.transpose(1, 2) @ centred / sample.shape[1]
+    _, vectors = torch.linalg.eigh(covariance)
+    basis = vectors[..., -dims:]  # (N, C, dims), leading components
+    proj_t = (rows_t - mean) @ basis
+    proj_n = (rows_n - mean) @ basis
+    # fixed pairing of target and neighbour samples (reversed order) to measure the typical distance in both spaces
+    full = (rows_t[:, ::step] - rows_n[:, ::step].flip(1)).abs().sum(-1).mean(-1)
+    reduced = (proj_t[:, ::step] - proj_n[:, ::step].flip(1)).abs().sum(-1).mean(-1)
+    scale = (full / reduced.clamp_min(1e-8))[:, None, None]
+    to_image = lambda rows: (rows * scale).transpose(1, 2).reshape(n, dims, h, w).contiguous()
+    return to_image(proj_t), to_image(proj_n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Working resolution
+
+
+def working_shape(height: int, width: int, params: SiftFlowParams) -> tuple[int, int]:
+    scale = params.working_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _check_size(image: np.ndarray, role: str, index: int) -> None:
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < MIN_SIDE:
+        raise RelearnError(
+            f"SIFT Flow {role} image {index}: shape {tuple(image.shape)} is too small "
+            f"(needs at least {MIN_SIDE} px a side)"
+        )
+
+
+def pair_descriptors(
+    targets: list[np.ndarray], neighbours: list[np.ndarray], params: SiftFlowParams, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected dense SIFT images (N, C, h, w) of each target and its neighbour at the targets' working size.
+
+    All targets must share one working shape; each neighbour is resized to its target's working shape."""
+    import cv2
+
+    shapes = {working_shape(*t.shape[:2], params) for t in targets}
+    if len(shapes) != 1:
+        raise RelearnError(f"pair_descriptors needs targets of one working shape, got {sorted(shapes)}")
+    h, w = shapes.pop()
+    greys = [cv2.resize(_grey(image), (w, h), interpolation=cv2.INTER_AREA) for image in [*targets, *neighbours]]
+    stack = torch.from_numpy(np.stack(greys)[:, None]).to(device)
+    count = len(targets)
+    # pair by pair: the 128-d descriptors are large, only their projections are kept
+    projected = [
+        _project(*dense_sift(stack[[i, count + i]], params.cell_size).split(1), params.descriptor_dims)
+        for i in range(count)
+    ]
+    return torch.cat([t for t, _ in projected]), torch.cat([nb for _, nb in projected])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Energy terms
+
+
+def _data_cost(target, neighbour, centre, radius, truncation):
+    """Truncated L1 data cost (L, L, N, H, W), indexed [v label, u label], of the displacements centre + k,
+    k in [-radius, radius]^2 (labels first, so that per-label slices are contiguous); matches falling outside
+    the neighbour cost the truncation (with an infinite truncation: the raw distance to the nearest pixel)."""
+    n, c, h, w = target.shape
+    labels = 2 * radius + 1
+    rows_n = neighbour.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    rows_t = target.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    ks = torch.arange(-radius, radius + 1, device=target.device).view(labels, 1, 1, 1)
+    ys = torch.arange(h, device=target.device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=target.device).view(1, 1, 1, w)
+    base = (torch.arange(n, device=target.device) * (h * w)).view(1, n, 1, 1)
+    x = xs + centre[None, :, 0] + ks  # (L, N, H, W): u labels
+    inside_x = (x >= 0) & (x < w)
+    x = base + x.clamp(0, w - 1)
+    cost = torch.empty(labels, labels, n, h, w, dtype=target.dtype, device=target.device)
+    # one label at a time, into reused buffers: temporaries stay small (no fresh pages for every row)
+    matched = torch.empty(n * h * w, c, dtype=target.dtype, device=target.device)
+    distance = torch.empty(n * h * w, dtype=target.dtype, device=target.device)
+    for row in range(labels):
+        y = ys + centre[None, :, 1] + (row - radius)
+        inside = inside_x & (y >= 0) & (y < h)
+        index = x + y.clamp(0, h - 1) * w
+        for column in range(labels):
+            torch.index_select(rows_n, 0, index[column].reshape(-1), out=matched)
+            torch.sub(matched, rows_t, out=matched).abs_()
+            torch.sum(matched, dim=-1, out=distance)
+            if math.isinf(truncation):  # raw distances: a match off the image is measured at the nearest pixel
+                cost[row, column] = distance.view(n, h, w)
+            else:
+                cost[row, column] = torch.where(inside[column], distance.view(n, h, w).clamp_max(truncation), truncation)
+    return cost
+
+
+def _distance_transform(h: torch.Tensor, alpha: float) -> torch.Tensor:
+    """min_j h(j) + alpha |k - j| over the first axis (labels): one forward and one backward pass."""
+    envelope = h.clone(memory_format=torch.contiguous_format)
+    for k in range(1, h.shape[0]):
+        torch.minimum(envelope[k], envelope[k - 1] + alpha, out=envelope[k])
+    for k in range(h.shape[0] - 2, -1, -1):
+        torch.minimum(envelope[k], envelope[k + 1] + alpha, out=envelope[k])
+    return envelope
+
+
+class _Edges:
+    """Per-edge constants of one direction of message passing on one layer. Where the sender's window centre
+    differs from the receiver's (few edges once the flow is smooth), receiving label k reads the sender's label
+    k - (c_sender - c_receiver), clamped into the window, plus the L1 cost of the part outside it."""
+
+    def __init__(self, sender_centre, receiver_centre, labels, alpha):
+        delta = (sender_centre - receiver_centre).reshape(-1)
+        self.moving = torch.nonzero(delta).squeeze(1)
+        if self.moving.numel() == 0:
+            self.moving = None
+            return
+        wanted = torch.arange(labels, device=delta.device)[:, None] - delta[self.moving][None]
+        self.index = wanted.clamp(0, labels - 1)
+        self.extra = alpha * (wanted - self.index).abs()
+
+    def send(self, h: torch.Tensor, alpha: float, d: float) -> torch.Tensor:
+        """The min-sum message m(k) = min_j h(j) + min(alpha |u_j - u_k|, d), less min_j h(j)."""
+        envelope = _distance_transform(h, alpha)
+        if self.moving is not None:
+            flat = envelope.view(envelope.shape[0], -1)
+            flat[:, self.moving] = flat[:, self.moving].gather(0, self.index).add_(self.extra.to(h.dtype))
+        lowest = h.amin(0)
+        # normalised by the sender's minimum, which is the message's minimum wherever the windows overlap
+        return torch.minimum(envelope, lowest + d).sub_(lowest)
+
+
+def _belief_propagation(cost, centre, radius, params, sweeps):
+    """Min-sum loopy BP on the dual-layer graph, synchronous schedule. cost (L, L, N, H, W) [v, u];
+    centre (N, 2, H, W) long. Returns, per layer (u, v), the sum of the small-displacement term and the
+    smoothness messages arriving at each pixel (L, N, H, W)."""
+    labels, _, n, h, w = cost.shape
+    ks = torch.arange(-radius, radius + 1, device=cost.device, dtype=cost.dtype).view(labels, 1, 1, 1)
+    unaries, edges = [], []
+    for axis in (0, 1):
+        c = centre[:, axis]
+        unaries.append(params.eta * (c[None].to(cost.dtype) + ks).abs())
+        edges.append(
+            {  # keyed by the side the receiver hears from
+                "left": _Edges(c[:, :, :-1], c[:, :, 1:], labels, params.alpha),
+                "right": _Edges(c[:, :, 1:], c[:, :, :-1], labels, params.alpha),
+                "up": _Edges(c[:, :-1], c[:, 1:], labels, params.alpha),
+                "down": _Edges(c[:, 1:], c[:, :-1], labels, params.alpha),
+            }
+        )
+    zeros = torch.zeros(labels, n, h, w, dtype=cost.dtype, device=cost.device)
+    incoming = [dict.fromkeys(("left", "right", "up", "down"), zeros) for _ in range(2)]
+    totals = [unary.clone() for unary in unaries]
+    for _ in range(sweeps):
+        # the data factor tells each layer the best it can do given what the other layer believes
+        to_u = (cost + totals[1][:, None]).amin(0)
+        to_v = (cost + totals[0][None]).amin(1)
+        for layer, data_message in ((0, to_u), (1, to_v)):
+            came, edge = incoming[layer], edges[layer]
+            full = totals[layer] + data_message
+            a, d = params.alpha, params.d
+            incoming[layer] = {
+                "left": F.pad(edge["left"].send((full - came["right"])[..., :-1], a, d), (1, 0)),
+                "right": F.pad(edge["right"].send((full - came["left"])[..., 1:], a, d), (0, 1)),
+                "up": F.pad(edge["up"].send((full - came["down"])[..., :-1, :], a, d), (0, 0, 1, 0)),
+                "down": F.pad(edge["down"].send((full - came["up"])[..., 1:, :], a, d), (0, 0, 0, 1)),
+            }
+        totals = [unaries[layer] + sum(incoming[layer].values()) for layer in (0, 1)]
+    return totals
+
+
+def _decode(cost, totals, centre, radius):
+    """Joint argmin of each pixel's belief over (u, v): the integer flow (N, 2, H, W) and the label index."""
+    labels = cost.shape[0]
+    best = (cost + totals[1][:, None] + totals[0][None]).flatten(0, 1).min(0).indices
+    flow = torch.stack([best % labels, best // labels], dim=1) - radius + centre
+    return flow, best
+
+
+def _refine_subpixel(cost, flow, best):
+    """Sub-pixel flow (N, 2, H, W) float from the integer flow and its label index in the data cost."""
+    labels = cost.shape[0]
+    kv, ku = best // labels, best % labels
+
+    # The data term alone locates the sub-pixel minimum (the belief's L1 smoothness messages would pull it to the
+    # integer label); an L1-type cost is V-shaped near its minimum, so the fit is equiangular (two lines of equal
+    # and opposite slope), then the result is lightly smoothed to average out the per-pixel noise.
+    data = cost.flatten(0, 1)
+
+    def vertex(step, inner):
+        low = data.gather(0, (best - step).clamp(0, labels * labels - 1)[None])[0]
+        mid = data.gather(0, best[None])[0]
+        high = data.gather(0, (best + step).clamp(0, labels * labels - 1)[None])[0]
+        rise = 2 * (torch.maximum(low, high) - mid)
+        offset = (low - high) / rise.clamp_min(1e-6)
+        return torch.where(inner & (rise > 1e-6), offset.clamp(-0.5, 0.5), 0.0)
+
+    du = vertex(1, (ku > 0) & (ku < labels - 1))
+    dv = vertex(labels, (kv > 0) & (kv < labels - 1))
+    return _gaussian_blur(flow.to(cost.dtype) + torch.stack([du, dv], dim=1), SUBPIXEL_SMOOTHING)
+
+
+def _upsample_flow(flow: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Flow of a coarser level at a finer level's size, in the finer level's pixels."""
+    h, w = flow.shape[-2:]
+    scale = torch.tensor([shape[1] / w, shape[0] / h], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+    return F.interpolate(flow, size=shape, mode="bilinear", align_corners=False) * scale
+
+
+def solve_flow(target: torch.Tensor, neighbour: torch.Tensor, params: SiftFlowParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coarse-to-fine SIFT Flow between descriptor images (N, C, H, W).
+
+    Returns the flow (N, 2, H, W) as (dx, dy) in working pixels (sub-pixel when ``params.subpixel``) and the
+    integer flow the belief propagation chose (N, 2, H, W, long)."""
+    pyramid = [(target, neighbour)]
+    for _ in range(params.levels - 1):
+        t, nb = pyramid[-1]
+        if min(t.shape[-2:]) < 2 * (2 * params.top_radius + 1):
+            break  # the next level would be smaller than the top search window
+        pyramid.append((F.avg_pool2d(t, 2, ceil_mode=True), F.avg_pool2d(nb, 2, ceil_mode=True)))
+    flow = None
+    for level, (t, nb) in enumerate(reversed(pyramid)):
+        top = level == 0
+        radius = params.top_radius if top else params.radius
+        if top:
+            centre = torch.zeros(t.shape[0], 2, *t.shape[-2:], dtype=torch.long, device=t.device)
+        else:
+            centre = torch.round(_upsample_flow(flow, tuple(t.shape[-2:]))).long()
+        cost = _data_cost(t, nb, centre, radius, params.t)
+        totals = _belief_propagation(cost, centre, radius, params, params.top_iterations if top else params.iterations)
+        integer, best = _decode(cost, totals, centre, radius)
+        flow = integer.to(t.dtype)
+    if params.subpixel:
+        flow = _refine_subpixel(cost, integer, best)
+    return flow, integer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Energy, for checking the minimisation
+
+
+def flow_energy(target: torch.Tensor, neighbour: torch.Tensor, flow: torch.Tensor, params: SiftFlowParams) -> torch.Tensor:
+    """The SIFT Flow energy (N,) of an integer flow (N, 2, H, W) between descriptor images at one resolution."""
+    n, c, h, w = target.shape
+    flow = flow.long()
+    cost = _data_cost(target, neighbour, flow, 0, params.t)[0, 0]
+    data = cost.sum(dim=(1, 2))
+    small = params.eta * flow.abs().sum(dim=(1, 2, 3)).to(target.dtype)
+    smooth = 0.0
+    for diff in (flow[..., 1:] - flow[..., :-1], flow[..., 1:, :] - flow[..., :-1, :]):
+        smooth = smooth + (params.alpha * diff.abs().to(target.dtype)).clamp_max(params.d).sum(dim=(1, 2, 3))
+    return data + small + smooth
+
+
+def winner_take_all_flow(target: torch.Tensor, neighbour: torch.Tensor, params: SiftFlowParams, radius: int) -> torch.Tensor:
+    """The data-term-only baseline: each pixel's best displacement in a (2 radius + 1)^2 window (N, 2, H, W)."""
+    centre = torch.zeros(target.shape[0], 2, *target.shape[-2:], dtype=torch.long, device=target.device)
+    cost = _data_cost(target, neighbour, centre, radius, params.t)
+    ks = torch.arange(-radius, radius + 1, device=target.device, dtype=target.dtype).abs().view(-1, 1, 1, 1)
+    cost = cost + params.eta * (ks[:, None] + ks[None, :])
+    best = cost.flatten(0, 1).min(0).indices
+    labels = 2 * radius + 1
+    return torch.stack([best % labels, best // labels], dim=1) - radius
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API on images
+
+
+def _to_original(flow_work: torch.Tensor, target_shape, neighbour_shape) -> np.ndarray:
+    """Working-resolution flow (2, h, w) -> (H, W, 2) float32 in original pixels of target and neighbour."""
+    import cv2
+
+    _, h, w = flow_work.shape
+    th, tw = target_shape
+    nh, nw = neighbour_shape
+    flow = flow_work.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    flow = cv2.resize(flow, (tw, th), interpolation=cv2.INTER_LINEAR)
+    xs = np.arange(tw, dtype=np.float32)[None, :]
+    ys = np.arange(th, dtype=np.float32)[:, None]
+    # pixel centres: working x_w = (x + 0.5) * w / W - 0.5; the match x_w + u lies in the neighbour at the same scale
+    xw = (xs + 0.5) * (w / tw) - 0.5
+    yw = (ys + 0.5) * (h / th) - 0.5
+    match_x = (xw + flow[..., 0] + 0.5) * (nw / w) - 0.5
+    match_y = (yw + flow[..., 1] + 0.5) * (nh / h) - 0.5
+    return np.stack([match_x - xs, match_y - ys], axis=-1).astype(np.float32)
+
+
+def sift_flow_batch(
+    targets: list[np.ndarray], neighbours: list[np.ndarray], params: SiftFlowParams = SiftFlowParams(), device="cpu"
+) -> list[FlowField]:
+    """SIFT Flow for each (target, neighbour) pair of images (H, W, 3) uint8 or (H, W) grey; pairs whose targets
+    share a working shape are computed together in one batch on ``device``."""
+    if len(targets) != len(neighbours):
+        raise RelearnError(f"sift_flow_batch: {len(targets)} targets but {len(neighbours)} neighbours")
+    for role, images in (("target", targets), ("neighbour", neighbours)):
+        for index, image in enumerate(images):
+            _check_size(np.asarray(image), role, index)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(targets):
+        groups.setdefault(working_shape(*np.asarray(image).shape[:2], params), []).append(index)
+    results: list[FlowField | None] = [None] * len(targets)
+    with torch.no_grad():
+        for members in groups.values():
+            desc_t, desc_n = pair_descriptors([targets[i] for i in members], [neighbours[i] for i in members], params, device)
+            flow, integer = solve_flow(desc_t, desc_n, params)
+            distance = _data_cost(desc_t, desc_n, integer, 0, float("inf"))[0, 0]
+            for slot, index in enumerate(members):
+                target_shape = np.asarray(targets[index]).shape[:2]
+                flow_full = _to_original(flow[slot], target_shape, np.asarray(neighbours[index]).shape[:2])
+                cost = _resize_map(distance[slot].cpu().numpy(), target_shape)
+                results[index] = FlowField(flow=flow_full, cost=cost)
+    return results
+
+
+def _resize_map(values: np.ndarray, shape) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(values.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def sift_flow(target: np.ndarray, neighbour: np.ndarray, params: SiftFlowParams = SiftFlowParams(), device="cpu") -> FlowField:
+    """SIFT Flow from one target image to one neighbour image (see :func:`sift_flow_batch`)."""
+    return sift_flow_batch([target], [neighbour], params, device)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Accuracy on known warps
+
+WARPS = {
+    "shift_5": ("shift", 5.0),
+    "shift_10": ("shift", 10.0),
+    "shift_20": ("shift", 20.0),
+    "scale_0.9": ("scale", 0.9),
+    "scale_1.1": ("scale", 1.1),
+    "rotate_5": ("rotate", 5.0),
+}
+
+
+def warp_matrix(kind: str, amount: float, shape) -> np.ndarray:
+    """2x3 affine map from target pixel coordinates to warped-image coordinates (about the image centre)."""
+    h, w = shape[:2]
+    centre = ((w - 1) / 2, (h - 1) / 2)
+    if kind == "shift":  # diagonal shift of ``amount`` px along each axis
+        return np.array([[1, 0, amount], [0, 1, amount]], dtype=np.float64)
+    if kind == "scale":
+        return np.array([[amount, 0, (1 - amount) * centre[0]], [0, amount, (1 - amount) * centre[1]]])
+    if kind == "rotate":
+        import cv2
+
+        return cv2.getRotationMatrix2D(centre, amount, 1.0)
+    raise RelearnError(f"unknown warp kind {kind!r} (shift, scale, rotate)")
+
+
+def warp_epe(image: np.ndarray, params: SiftFlowParams = SiftFlowParams(), device="cpu", warps=None) -> dict[str, float]:
+    """Mean end-point error (px, original resolution) of SIFT Flow from ``image`` to copies of it warped by known
+    amounts, over the target pixels whose true match stays inside the warped image. One entry per warp."""
+    import cv2
+
+    image = np.asarray(image)
+    _check_size(image, "target", 0)
+    warps = WARPS if warps is None else warps
+    h, w = image.shape[:2]
+    warped, truths = [], []
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    for kind, amount in warps.values():
+        matrix = warp_matrix(kind, amount, image.shape)
+        warped.append(cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+        mx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
+        my = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+        truths.append(np.stack([mx - xs, my - ys], axis=-1))
+    fields = sift_flow_batch([image] * len(warped), warped, params, device)
+    result = {}
+    for name, field, truth in zip(warps, fields, truths):
+        mx, my = xs + truth[..., 0], ys + truth[..., 1]
+        inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+        error = np.linalg.norm(field.flow.astype(np.float64) - truth, axis=-1)
+        result[name] = float(error[inside].mean())
+    return result
