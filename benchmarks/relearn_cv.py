@@ -1,0 +1,282 @@
+"""Does Our(X) beat X on images it never trained on? K-fold cross-validation of relearn train + wrap (issue 5, section 7).
+
+    .venv/bin/python benchmarks/relearn_cv.py --data ../shared/data/SOD --base dss --maps ../shared/data/SOD/maps/DSS \
+        --folds 5 --seed 0 --out benchmarks/results/relearn_cv_dss.json
+
+Protocol: ids = the sorted stems with an image and a mask; ``np.random.RandomState(seed).permutation(n)``; the image
+at position p of the permutation is in fold p mod k. For each fold: train on the other folds (pool: those images plus
+every --pool), wrap the held fold against the same pool; all held folds are scored together (dataset-level scores, the
+keys of ``relearn eval --json``) for ``base`` (X), ``base_crf`` (X refined by one standard dense CRF, the anchor) and
+``ours``, with per-fold differences (mean, std, min, max over folds) for max F and MAE.
+
+Ablation (paper Fig. 11), each a separate training per fold, scored the same way:
+    C1  the base
+    C2  joint re-learning without the pair filter (every aligned pair kept), SIFT Flow matches, no extra pool
+    C3  with the filter, one classifier (M = 1, the most trusted neighbour)
+    C4  with the filter, M = 5 classifiers and the joint classifier
+    C5  C4 with the pool enlarged by the --pool images (pseudo-GT only)
+    C6  C5 with the bi-level top-K alignment of Eq. (1) instead of SIFT Flow matches: the full method (= ours)
+
+Correspondences (retrieval, superpixels, proposals, flows, alignments) do not depend on the base and are cached on
+disk by content hash: folds and bases share them; a rerun reuses everything (``--cache``).
+``seconds_per_image``: compute time of each stage of wrap per held-out image on this machine (a stage served from the
+compute time stored with each cache entry, so a rerun reports the same cold times; the pool's own preprocessing is
+done during training and not counted). C6 runs first in each fold so its held images are new to the builders.
+Nothing is chosen on a held fold: every setting is fixed before the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relearn_core import __version__
+from relearn_core.base import resolve_device, select_base
+from relearn_core.cache import Cache
+from relearn_core.correspondence import CorrespondenceBuilder
+from relearn_core.evaluate import SCORE_KEYS
+from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_mask
+from relearn_core.metrics import SaliencyMetrics
+from relearn_core.pipeline import (
+    EvidenceStore,
+    RelearnConfig,
+    RunReport,
+    base_maps_for,
+    fit,
+    image_files,
+    read_entries,
+    relearn_image,
+)
+from relearn_core.pseudo_gt import crf_refine
+
+FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges); not the reported configuration
+    "correspondence": {"edge_method": "sobel", "flow_grid": 120,
+                       "flow": {"working_size": 112, "levels": 2, "top_iterations": 10, "iterations": 5}},
+}
+
+
+def folds_of(n: int, k: int, seed: int) -> np.ndarray:
+    """Fold of each of n sorted ids: position in RandomState(seed).permutation(n), mod k."""
+    fold = np.empty(n, np.int64)
+    fold[np.random.RandomState(seed).permutation(n)] = np.arange(n) % k
+    return fold
+
+
+def ablation_configs(full: RelearnConfig, has_pool: bool) -> dict[str, tuple[RelearnConfig, bool]]:
+    """C2..C6: (configuration, whether the --pool images are in the pool)."""
+    flow = full.with_overrides({"alignment": "flow"})
+    return {
+        "C6": (full, has_pool),
+        "C2": (flow.with_overrides({"use_filter": False}), False),
+        "C3": (flow.with_overrides({"joint": {"neighbours": 1}}), False),
+        "C4": (flow, False),
+        "C5": (flow, has_pool),
+    }
+
+
+def _entry_keys(builder, store) -> dict[str, set]:
+    return {stage: set(records) for timing in (builder.seconds, store.seconds) for stage, records in timing.items()}
+
+
+def _new_entry_seconds(builder, store, seen: dict[str, set]) -> dict[str, float]:
+    """Compute seconds (as stored with each cache entry) of the entries first used since ``seen``: one image's wrap."""
+    out: dict[str, float] = defaultdict(float)
+    for timing in (builder.seconds, store.seconds):
+        for stage, records in timing.items():
+            out[stage] += sum(v for key, v in records.items() if key not in seen.get(stage, ()))
+    return out
+
+
+def quantised(saliency: np.ndarray) -> np.ndarray:
+    """The map as relearn writes it (8-bit PNG), so scores match `relearn eval` on written maps."""
+    return np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)
+
+
+class Scorer:
+    """All held-out maps of one method scored together, plus per-fold scores for the spreads."""
+
+    def __init__(self):
+        self.overall = SaliencyMetrics()
+        self.per_fold: dict[int, SaliencyMetrics] = defaultdict(SaliencyMetrics)
+
+    def step(self, fold: int, saliency: np.ndarray, gt: np.ndarray) -> None:
+        self.overall.step(quantised(saliency), gt)
+        self.per_fold[fold].step(quantised(saliency), gt)
+
+    def scores(self) -> dict:
+        values = self.overall.scores()
+        return {"count": len(self.overall), **{key: values.get(key) for key in SCORE_KEYS}}
+
+    def fold_scores(self) -> dict[int, dict]:
+        return {fold: metrics.scores() for fold, metrics in sorted(self.per_fold.items())}
+
+
+def spread(method: Scorer, reference: Scorer, key: str) -> dict:
+    ours, ref = method.fold_scores(), reference.fold_scores()
+    diffs = np.array([ours[f][key] - ref[f][key] for f in ours])
+    return {"per_fold": diffs.round(5).tolist(), "mean": float(diffs.mean()), "std": float(diffs.std()),
+            "min": float(diffs.min()), "max": float(diffs.max())}
+
+
+def run(args) -> dict:
+    data = Path(args.data)
+    device = resolve_device(args.device)
+    cache = Cache(args.cache) if args.cache else Cache()
+    adapter = select_base(args.base, args.adapter, args.maps)
+    options = {"maps": str(args.maps)} if args.maps else {}
+    config = RelearnConfig()
+    if args.fast:
+        config = config.with_overrides(FAST)
+    config = config.with_overrides({"backbone": args.backbone})
+    report = RunReport()
+    seconds: dict[str, list[float]] = defaultdict(list)
+
+    images = list_by_stem(data / "images")
+    masks = list_by_stem(data / "gt")
+    ids = sorted(set(images) & set(masks))
+    if args.limit:
+        ids = ids[: args.limit]
+    entries = {e.name: e for e in read_entries([images[i] for i in ids], report)}
+    extra = read_entries([p for folder in args.pool for p in image_files(folder)], report)
+    maps = base_maps_for(adapter, list(entries.values()) + extra, options, device, cache, report, seconds)
+    ids = [i for i in ids if i in entries and entries[i].hash in maps]
+    extra = [e for e in extra if e.hash in maps]
+    gts = {entries[i].hash: read_mask(masks[i]) for i in ids}
+    fold = dict(zip(ids, folds_of(len(ids), args.folds, args.seed)))
+    variants = ablation_configs(config, bool(extra)) if args.ablation else {"C6": (config, bool(extra))}
+
+    scorers = defaultdict(Scorer)
+    stage_seconds: dict[str, float] = defaultdict(float)
+    wrapped = 0
+    relearned_images = 0
+    training = {}
+    for k in range(args.folds):
+        held = [entries[i] for i in ids if fold[i] == k]
+        train_entries = [entries[i] for i in ids if fold[i] != k]
+        print(f"fold {k}: train {len(train_entries)}, held {len(held)}", file=sys.stderr, flush=True)
+        builders = {}
+        store = EvidenceStore(maps, config.backbone, cache, device)  # per fold: held images' entries are new to it
+        for name, (variant, with_pool) in variants.items():
+            pool = train_entries + (extra if with_pool else [])
+            key = (with_pool, variant.correspondence)
+            if key not in builders:
+                builders[key] = CorrespondenceBuilder(pool, cache, variant.correspondence, device)
+            builder = builders[key]
+            start = time.perf_counter()
+            relearner = fit(adapter.name, train_entries, gts, builder, store, variant, device,
+                            progress=lambda m: print(f"  {name} {m}", file=sys.stderr, flush=True) if args.verbose else None)
+            training.setdefault(name, []).append({"fold": k, "seconds": time.perf_counter() - start, **relearner.summary})
+            timed = name == "C6"
+            for entry in held:
+                seen = _entry_keys(builder, store)
+                wrap_seconds: dict[str, list[float]] = defaultdict(list)
+                outcome = relearn_image(relearner, entry, builder, store, device, wrap_seconds)
+                gt = gts[entry.hash]
+                scorers[name].step(k, outcome.saliency, gt)
+                if not timed:
+                    continue
+                wrapped += 1
+                relearned_images += outcome.relearned
+                for stage, value in _new_entry_seconds(builder, store, seen).items():
+                    stage_seconds[stage] += value
+                for stage, values in wrap_seconds.items():
+                    stage_seconds[stage] += sum(values)
+                base_map = store.evidence(entry, builder).base_map
+                scorers["base"].step(k, base_map, gt)
+                start = time.perf_counter()
+                refined = crf_refine(entry.image, base_map)
+                stage_seconds["base_crf (the anchor, not part of wrap)"] += time.perf_counter() - start
+                scorers["base_crf"].step(k, refined, gt)
+    stage_seconds["base (maps read or predicted)"] = float(np.mean(seconds["base"])) * wrapped if seconds["base"] else 0.0
+    per_image = {stage: total / max(wrapped, 1) for stage, total in stage_seconds.items()}
+    wrap_total = sum(v for stage, v in per_image.items() if not stage.startswith("base"))
+
+    result = {
+        "relearn_version": __version__,
+        "data": str(data), "base_model": adapter.name, "maps": str(args.maps) if args.maps else None,
+        "pool": [str(p) for p in args.pool], "pool_images_used": len(extra), "backbone": config.backbone,
+        "folds": args.folds, "seed": args.seed, "limit": args.limit, "fast": args.fast, "images": len(ids),
+        "config": config.to_dict(),
+        "base_failures": [str(f) for f in report.base_failures], "unreadable": report.unreadable,
+        "base": scorers["base"].scores(),
+        "base_crf": scorers["base_crf"].scores(),
+        "ours": scorers["C6"].scores(),
+        "relearned_images": relearned_images,
+        "fold_spread": {
+            "ours_minus_base": {key: spread(scorers["C6"], scorers["base"], key) for key in ("max_f", "mae")},
+            "ours_minus_base_crf": {key: spread(scorers["C6"], scorers["base_crf"], key) for key in ("max_f", "mae")},
+        },
+        "ablation": {"C1": scorers["base"].scores(), **{name: scorers[name].scores() for name in variants}},
+        "training": training,
+        "seconds_per_image": {**per_image, "relearn_wrap_total_beyond_base": wrap_total},
+        "machine": args.machine, "torch_threads": args.threads,
+    }
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# relearn k-fold CV: base {result['base_model']} on {result['data']}",
+        "",
+        f"{result['images']} images, {result['folds']} folds (seed {result['seed']}), backbone {result['backbone']}, "
+        f"extra pool images {result['pool_images_used']}{', FAST correspondence settings' if result['fast'] else ''}; "
+        f"machine: {result['machine']}. Images changed by the re-learner: {result['relearned_images']}.",
+        "",
+        "| method | max F | MAE | mean F | S-measure | max E |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [("X (base)", result["base"]), ("X + CRF", result["base_crf"]), ("Our(X)", result["ours"])]
+    rows += [(f"ablation {k}", v) for k, v in result["ablation"].items() if k != "C1"]
+    for label, s in rows:
+        lines.append(f"| {label} | {s['max_f']:.4f} | {s['mae']:.4f} | {s['mean_f']:.4f} | {s['s_measure']:.4f} | {s['max_e']:.4f} |")
+    lines += ["", "Per-fold differences (mean ± std, [min, max]):", ""]
+    for name, block in result["fold_spread"].items():
+        for key, d in block.items():
+            lines.append(f"- {name} {key}: {d['mean']:+.4f} ± {d['std']:.4f} [{d['min']:+.4f}, {d['max']:+.4f}]")
+    lines += ["", "Seconds per image of wrap by stage (compute time, cache entries included):", ""]
+    lines += [f"- {stage}: {value:.3f}" for stage, value in result["seconds_per_image"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path, help="folder with images/ and gt/")
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--maps", type=Path, help="the base's precomputed maps (maps-based bases)")
+    parser.add_argument("--adapter", action="append", default=[], type=Path, help="adapter file (repeatable)")
+    parser.add_argument("--pool", action="append", default=[], type=Path, help="extra unlabelled pool folder (repeatable)")
+    parser.add_argument("--backbone", default="handcrafted")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N sorted ids (quick check)")
+    parser.add_argument("--fast", action="store_true", help="coarser correspondence settings (quick check)")
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="only the full method")
+    parser.add_argument("--cache", type=Path, help="cache folder (default $RELEARN_CACHE or ~/.cache/relearn)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--machine", default="2-core CPU, no GPU")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: on a busy machine torch's thread pool makes SIFT Flow ~10x slower)")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
+    warnings.simplefilter("default")
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    atomic_write_bytes(args.out, json.dumps(result, indent=2, default=str).encode())
+    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

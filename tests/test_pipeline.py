@@ -1,0 +1,223 @@
+"""relearn train + wrap end to end on six downscaled SOD images with their DSS maps, and the bad inputs of issue 5 §8."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from relearn_core import __version__
+from relearn_core.base import select_base
+from relearn_core.cache import Cache
+from relearn_core.cli import main
+from relearn_core.correspondence import CorrespondenceBuilder, read_pool
+from relearn_core.errors import InputError, RelearnError
+from relearn_core.imageio import read_image, read_map
+from relearn_core.pipeline import RelearnConfig, load_checkpoint, train, wrap
+from relearn_core.pseudo_gt import bilevel_pseudo_gt
+
+STEMS = ("100075", "100080", "100098", "101085", "101087", "102061")
+SMALL = {  # tiny images: few superpixels and a coarse flow keep the test fast
+    "correspondence": {"neighbours": 3, "superpixels": 60, "edge_boxes": 100, "proposals": 20, "edge_method": "sobel",
+                       "flow_grid": 64, "flow": {"working_size": 64, "levels": 2, "top_iterations": 5, "iterations": 3}},
+    "filter": {"epochs": 5, "min_positives": 2},
+    "joint": {"epochs": 5},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """SIFT Flow's small tensors run several times faster on one thread when the CPU is shared (CI, parallel tests)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny(sod_dir, tmp_path_factory):
+    """images/, gt/ and maps/ (DSS) of six SOD images scaled to 96 px on the long side."""
+    root = tmp_path_factory.mktemp("tiny")
+    for sub in ("images", "gt", "maps"):
+        (root / sub).mkdir()
+    for stem in STEMS:
+        image = Image.open(sod_dir / "images" / f"{stem}.jpg")
+        scale = 96 / max(image.size)
+        size = (round(image.size[0] * scale), round(image.size[1] * scale))
+        image.resize(size, Image.BILINEAR).save(root / "images" / f"{stem}.png")
+        Image.open(sod_dir / "gt" / f"{stem}.png").convert("L").resize(size, Image.NEAREST).save(root / "gt" / f"{stem}.png")
+        Image.open(sod_dir / "maps" / "DSS" / f"{stem}.png").convert("L").resize(size, Image.BILINEAR).save(root / "maps" / f"{stem}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def config():
+    return RelearnConfig().with_overrides(SMALL)
+
+
+@pytest.fixture(scope="session")
+def dss(tiny):
+    return select_base("dss", maps=tiny / "maps")
+
+
+@pytest.fixture(scope="session")
+def trained(tiny, dss, config, cache_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "dss.pt"
+    report = train(dss, tiny / "images", tiny / "gt", path, options={"maps": str(tiny / "maps")}, config=config,
+                   cache=Cache(cache_dir))
+    return path, report
+
+
+def run_wrap(tiny, dss, checkpoint, out, cache_dir, images=None, pools=(), maps=None):
+    relearner = load_checkpoint(checkpoint, "dss")
+    return wrap(dss, relearner, images or tiny / "images", out, pools, options={"maps": str(maps or tiny / "maps")},
+                cache=Cache(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def wrapped(tiny, dss, trained, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ours")
+    return out, run_wrap(tiny, dss, trained[0], out, cache_dir)
+
+
+def test_train_writes_a_checkpoint_for_the_base(trained, config):
+    path, report = trained
+    relearner = load_checkpoint(path, "dss")
+    assert relearner.base == "dss"
+    assert relearner.config == config
+    assert relearner.summary["targets"] == len(STEMS)
+    assert relearner.summary["relearned_superpixels"] > 0
+    assert report.pool_size == len(STEMS) and not report.missing_gt and not report.base_failures
+
+
+def test_wrap_changes_only_unsure_pixels_and_keeps_the_base_elsewhere(tiny, wrapped):
+    out, report = wrapped
+    assert sorted(report.written) == sorted(STEMS)
+    changed_somewhere = False
+    for stem in STEMS:
+        ours = read_map(out / f"{stem}.png")
+        image = read_image(tiny / "images" / f"{stem}.png")
+        base = read_map(tiny / "maps" / f"{stem}.png")
+        assert ours.shape == base.shape == image.shape[:2]
+        pseudo = bilevel_pseudo_gt(image, base.astype(np.float32))
+        trusted = ~pseudo.unsure
+        assert np.abs(ours - base)[trusted].max(initial=0) <= 1 / 255 + 1e-9, stem
+        if stem not in report.kept_base:
+            changed_somewhere |= bool(np.abs(ours - base).max() > 2 / 255)
+    assert changed_somewhere, "the re-learner changed no image at all"
+
+
+def test_wrap_resumes_and_skips_existing_maps(tiny, dss, trained, wrapped, cache_dir, tmp_path):
+    out, _ = wrapped
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / f"{STEMS[2]}.png").unlink()
+    kept = copy / f"{STEMS[0]}.png"
+    os.utime(kept, (1, 1))
+    report = run_wrap(tiny, dss, trained[0], copy, cache_dir)
+    assert report.written == [STEMS[2]]
+    assert sorted(report.already_done) == sorted(set(STEMS) - {STEMS[2]})
+    assert kept.stat().st_mtime == 1
+    np.testing.assert_array_equal(read_map(copy / f"{STEMS[2]}.png"), read_map(out / f"{STEMS[2]}.png"))
+
+
+def test_checkpoint_for_another_base_or_version_is_refused(trained, tmp_path):
+    path, _ = trained
+    with pytest.raises(InputError, match="trained for base 'dss', not 'amulet'"):
+        load_checkpoint(path, "amulet")
+    payload = torch.load(path, weights_only=True)
+    payload["relearn_version"] = "99.0.0"
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    with pytest.raises(InputError, match=f"relearn 99.0.0, incompatible with {__version__}"):
+        load_checkpoint(old, "dss")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a relearn checkpoint"):
+        load_checkpoint(junk, "dss")
+
+
+def test_missing_ground_truth_is_skipped_and_listed(tiny, dss, config, cache_dir, tmp_path):
+    gt = tmp_path / "gt"
+    shutil.copytree(tiny / "gt", gt)
+    (gt / f"{STEMS[1]}.png").unlink()
+    report = train(dss, tiny / "images", gt, tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
+                   cache=Cache(cache_dir))
+    assert report.missing_gt == [STEMS[1]]
+    assert report.pool_size == len(STEMS)  # still in the pool
+    assert load_checkpoint(tmp_path / "m.pt", "dss").summary["targets"] == len(STEMS) - 1
+
+
+def test_a_base_failing_on_some_images_is_listed_and_the_others_go_on(tiny, dss, trained, cache_dir, tmp_path):
+    maps = tmp_path / "maps"
+    shutil.copytree(tiny / "maps", maps)
+    (maps / f"{STEMS[3]}.png").unlink()
+    report = run_wrap(tiny, dss, trained[0], tmp_path / "out", cache_dir, maps=maps)
+    assert [f.image.stem for f in report.base_failures] == [STEMS[3]]
+    assert sorted(report.written) == sorted(set(STEMS) - {STEMS[3]})
+
+
+def test_an_image_with_no_usable_neighbour_keeps_its_base_map(tiny, dss, trained, cache_dir, tmp_path):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tiny / "images" / f"{STEMS[0]}.png", alone)
+    with pytest.warns(UserWarning, match="pool has only 0"):
+        report = run_wrap(tiny, dss, trained[0], tmp_path / "out", cache_dir, images=alone)
+    assert report.kept_base == [STEMS[0]]
+    np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{STEMS[0]}.png"), read_map(tiny / "maps" / f"{STEMS[0]}.png"))
+
+
+def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(tiny, dss, trained, wrapped, config, cache_dir, tmp_path):
+    report = run_wrap(tiny, dss, trained[0], tmp_path / "out", cache_dir, pools=[tiny / "images"])
+    assert sorted(report.written) == sorted(STEMS)
+    builder = CorrespondenceBuilder(read_pool([tiny / "images"]).entries, Cache(cache_dir), config.correspondence)
+    for entry in builder.pool:
+        assert entry.name not in [n.name for n, _ in builder.neighbours(entry)]
+    for stem in STEMS:  # the same pool as the default: the same maps
+        np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(wrapped[0] / f"{stem}.png"))
+
+
+def test_output_folder_may_not_be_an_input_folder(tiny, dss, trained, cache_dir):
+    with pytest.raises(InputError, match="must not be an input folder"):
+        run_wrap(tiny, dss, trained[0], tiny / "images", cache_dir)
+
+
+def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
+    monkeypatch.setenv("RELEARN_HOME", str(tmp_path / "home"))
+    config_file = tmp_path / "small.yaml"
+    config_file.write_text(yaml.safe_dump(SMALL))
+    runner = CliRunner()
+    common = ["--base", "dss", "--maps", str(tiny / "maps"), "--device", "cpu"]
+    result = runner.invoke(main, ["wrap", *common, "--images", str(tiny / "images"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "relearn train --base dss" in result.output
+    model = tmp_path / "home" / "models" / "dss.pt"
+    result = runner.invoke(main, ["train", *common, "--images", str(tiny / "images"), "--gt", str(tiny / "gt"),
+                                  "--config", str(config_file), "--out", str(model), "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["wrap", *common, "--images", str(tiny / "images"), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in (tmp_path / "o").iterdir()) == sorted(STEMS)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("joint: {epoch: 3}\n")
+    result = runner.invoke(main, ["train", *common, "--images", str(tiny / "images"), "--gt", str(tiny / "gt"),
+                                  "--config", str(bad), "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code == 2 and "unknown configuration field joint.'epoch'" in result.output
+
+
+def test_training_without_any_labelled_image_says_so(tiny, dss, config, cache_dir, tmp_path):
+    empty = tmp_path / "gt"
+    empty.mkdir()
+    with pytest.raises(RelearnError, match="has both a base map and ground truth"):
+        train(dss, tiny / "images", empty, tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
+              cache=Cache(cache_dir))
