@@ -42,7 +42,7 @@ class BaseChoice:
 
     name: str
     maps: Path | None = None
-    model: Path | None = None
+    network: Path | None = None
     adapter_files: tuple[Path, ...] = ()
     device: str = "auto"
     extra: tuple[tuple[str, object], ...] = ()
@@ -54,12 +54,12 @@ class BaseChoice:
         return select_base(self.name, self.adapter_files, self.maps)
 
     def options(self) -> dict:
-        """The user's options for the adapter: ``--maps``, ``--model`` and every ``--base-option``."""
+        """The user's options for the adapter: ``--maps``, ``--network`` (option ``model``) and every ``--base-option``."""
         chosen = dict(self.extra)
         if self.maps is not None:
             chosen["maps"] = str(self.maps)
-        if self.model is not None:
-            chosen["model"] = str(self.model)
+        if self.network is not None:
+            chosen["model"] = str(self.network)
         return chosen
 
 
@@ -80,17 +80,17 @@ def _parse_base_option(ctx, param, values):
 
 
 def base_options(command):
-    """Add --base, --maps, --model, --adapter, --device and --base-option to a command; it receives ``base: BaseChoice``."""
+    """Add --base, --maps, --network, --adapter, --device and --base-option to a command; it receives ``base: BaseChoice``."""
 
     @functools.wraps(command)
-    def wrapper(*args, base, maps, model, adapter_files, device, base_option, **kwargs):
-        choice = BaseChoice(base, maps, model, tuple(adapter_files), device, base_option)
+    def wrapper(*args, base, maps, network, adapter_files, device, base_option, **kwargs):
+        choice = BaseChoice(base, maps, network, tuple(adapter_files), device, base_option)
         return command(*args, base=choice, **kwargs)
 
     decorators = [
         click.option("--base", required=True, metavar="NAME", help="Base model (adapter); see `relearn adapters list`."),
         click.option("--maps", type=click.Path(path_type=Path), help="Folder of the base's precomputed maps."),
-        click.option("--model", type=click.Path(path_type=Path), help="Network file, for the onnx / torchscript bases."),
+        click.option("--network", type=click.Path(path_type=Path), help="Network file, for the onnx / torchscript bases."),
         click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
                      help="Load adapters from this Python file (repeatable)."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
@@ -271,27 +271,63 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
 @main.command("table")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for table.md/.csv/.tex, scores.json and figures/.")
+              help="Folder for table.md/.csv/.tex, scores.json, figures/, and the maps, checkpoints it makes.")
 @click.option("--metrics", default=None, metavar="LIST",
               help="Comma-separated scores for the columns (default: the config's, else max_f,mae,auc).")
+@click.option("--ablation", is_flag=True, help="Also train and draw Fig. 11's components C1..C6 (the config's "
+                                               "`ablation:` base and datasets, else the first re-learned base).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes training re-learners and wrapping images in parallel.")
+@click.option("--no-relearn", is_flag=True, help="Leave out the Our(X) variants: score the bases and methods only.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder (default $RELEARN_CACHE or ~/.cache/relearn).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @reports_errors
-def table_command(config, out_dir, metrics, workers, quiet):
-    """Datasets x methods table (Markdown, CSV, LaTeX) and PR / F-vs-threshold figures from a YAML CONFIG.
+def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, cache_dir, workers, quiet):
+    """The paper's comparison from a YAML CONFIG: tables (Markdown, CSV, LaTeX) and PR / F-vs-threshold figures.
 
-    A method whose maps are missing for a dataset gets an empty cell and a warning naming the folder.
+    Trains the re-learners that have no checkpoint and wraps the images that have no Our(X) map (k-fold on a dataset
+    used for training), then scores every cell. Missing maps leave a cell empty; maps that cannot be scored make the
+    cell an error; the rest of the table is produced. Only missing work is done on a rerun.
     """
-    from .table import build_table, load_config, write_table
+    import dataclasses
+
+    from .regenerate import StageCounts, prepare
+    from .table import ablation_figures, build_table, default_ablation, load_config, published_rows, write_table
 
     table_config = load_config(config)
     if metrics:
         table_config = table_config.with_metrics([name.strip() for name in metrics.split(",") if name.strip()])
-    result = build_table(table_config, progress=not quiet, workers=workers)
-    for line in result.warnings:
+    if no_relearn:
+        table_config = dataclasses.replace(table_config, bases=tuple(dataclasses.replace(base, relearn=None)
+                                                                      for base in table_config.bases))
+    components = (table_config.ablation or default_ablation(table_config)) if ablation else None
+    preparation = prepare(table_config, out_dir, jobs=jobs, cache=cache_dir, progress=not quiet, ablation=components)
+    result = build_table(preparation.config, progress=not quiet, workers=workers, errors=preparation.errors)
+    for line in preparation.warnings + result.warnings:
         click.echo(f"relearn: warning: {line}", err=True)
-    for path in write_table(result, out_dir):
+    written = write_table(result, out_dir)
+    if components is not None:
+        figures, notes = ablation_figures(preparation.ablation, preparation.config, components.datasets, out_dir,
+                                          workers)
+        written += figures
+        for line in notes:
+            click.echo(f"relearn: warning: {line}", err=True)
+    for path in written:
         click.echo(f"wrote {path}")
+    for row in published_rows(result):
+        diff_f, diff_mae = row.differences()
+        measured = ("not measured" if row.measured_max_f is None else
+                    f"max F {row.measured_max_f:.3f} ({diff_f:+.3f}), MAE {row.measured_mae:.3f} ({diff_mae:+.3f})")
+        click.echo(f"{row.method} on {row.dataset}: published max F {row.published_max_f:.3f}, MAE "
+                   f"{row.published_mae:.3f}; measured {measured}")
+    cells = StageCounts("cells")
+    cells.computed = sum(report is not None for report in result.reports.values())
+    cells.failed = len(result.errors)
+    cells.skipped = len(preparation.config.methods) * len(preparation.config.datasets) - cells.computed - cells.failed
+    click.echo("summary: " + "; ".join(counts.line(stage) for stage, counts in
+                                        [*preparation.counts.items(), ("table cells", cells)]))
 
 
 # --- re-learning: `train` and `wrap` (relearn_core/pipeline.py) ---
@@ -356,7 +392,7 @@ def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_pa
 
 @main.command("wrap")
 @base_options
-@click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--model", "checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Re-learner checkpoint (default: $RELEARN_HOME/models/<base>.pt, else the one shipped for the base).")
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of images.")
 @click.option("--pool", "pools", multiple=True, type=click.Path(path_type=Path),

@@ -298,7 +298,7 @@ def test_model_file_that_is_not_a_network_is_named(sod_subset, tmp_path, base, s
     images, _, _ = sod_subset
     fake = tmp_path / f"model{suffix}"
     fake.write_text("not a network")
-    result = relearn("predict", "--base", base, "--model", fake, "--images", images, "--out", tmp_path / "out",
+    result = relearn("predict", "--base", base, "--network", fake, "--images", images, "--out", tmp_path / "out",
                      "--no-cache", "--device", "cpu")
     assert result.exit_code == 1
     assert f"base {base!r} failed on {COUNT} images" in result.stderr  # one line for the problem every image shares

@@ -126,8 +126,8 @@ def test_base_dashed_and_our_solid_in_one_colour():
         ({"datasets": {"A": "gt"}, "methods": {"X": "maps"}, "metrics": ["max_f", "bogus"]}, "unknown metric 'bogus'"),
         ({"datasets": {"A": "gt"}, "methods": {"X": {"maps": "m", "colour": 1}}}, "unknown key 'colour'"),
         ({"datasets": {}, "methods": {"X": "maps"}}, "names no dataset"),
-        ({"datasets": {"A": "gt"}, "methods": {"X": {"maps": {"B": "m"}}}}, "unknown key 'B'"),
-        ({"datasets": {"A": "gt"}}, "'methods' must be a mapping"),
+        ({"datasets": {"A": "gt"}, "methods": {"X": {"maps": {"B": "m"}}}}, "unknown dataset 'B'"),
+        ({"datasets": {"A": "gt"}, "methods": ["X"]}, "'methods' must be a mapping"),
     ],
 )
 def test_malformed_configs_name_the_file_and_the_entry(tmp_path, config, problem):
