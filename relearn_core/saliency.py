@@ -69,6 +69,13 @@ def _lab(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _log_weight(pixel_lab, x, y, colour, centroid, colour_factor, position_factor):
+    """Log of a candidate superpixel's weight for one pixel: Gaussian in Lab colour and in position."""
+    colour_distance = (pixel_lab[0] - colour[0]) ** 2 + (pixel_lab[1] - colour[1]) ** 2 + (pixel_lab[2] - colour[2]) ** 2
+    return -colour_factor * colour_distance - position_factor * ((x - centroid[0]) ** 2 + (y - centroid[1]) ** 2)
+
+
 @numba.njit(cache=True, nogil=True)
 def _weighted_pixel_scores(
     lab, labels, width, offsets, per_label, candidates, mean_colour, centroids, scores, colour_factor, position_factor
@@ -82,21 +89,13 @@ def _weighted_pixel_scores(
         top = -np.inf
         for k in range(start, stop):  # first pass: the largest log-weight, to keep the exponentials in range
             c = candidates[k]
-            log_weight = -colour_factor * (
-                (lab[pixel, 0] - mean_colour[c, 0]) ** 2
-                + (lab[pixel, 1] - mean_colour[c, 1]) ** 2
-                + (lab[pixel, 2] - mean_colour[c, 2]) ** 2
-            ) - position_factor * ((x - centroids[c, 0]) ** 2 + (y - centroids[c, 1]) ** 2)
+            log_weight = _log_weight(lab[pixel], x, y, mean_colour[c], centroids[c], colour_factor, position_factor)
             top = max(top, log_weight)
         total = 0.0
         weighted = 0.0
         for k in range(start, stop):
             c = candidates[k]
-            log_weight = -colour_factor * (
-                (lab[pixel, 0] - mean_colour[c, 0]) ** 2
-                + (lab[pixel, 1] - mean_colour[c, 1]) ** 2
-                + (lab[pixel, 2] - mean_colour[c, 2]) ** 2
-            ) - position_factor * ((x - centroids[c, 0]) ** 2 + (y - centroids[c, 1]) ** 2)
+            log_weight = _log_weight(lab[pixel], x, y, mean_colour[c], centroids[c], colour_factor, position_factor)
             weight = np.exp(log_weight - top)
             total += weight
             weighted += weight * scores[c]
