@@ -56,18 +56,12 @@ from relearn_core.pipeline import (
     relearn_image,
 )
 from relearn_core.pseudo_gt import crf_refine
+from relearn_core.regenerate import folds_of
 
 FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges); not the reported configuration
     "correspondence": {"edge_method": "sobel", "flow_grid": 120,
                        "flow": {"working_size": 112, "levels": 2, "top_iterations": 10, "iterations": 5}},
 }
-
-
-def folds_of(n: int, k: int, seed: int) -> np.ndarray:
-    """Fold of each of n sorted ids: position in RandomState(seed).permutation(n), mod k."""
-    fold = np.empty(n, np.int64)
-    fold[np.random.RandomState(seed).permutation(n)] = np.arange(n) % k
-    return fold
 
 
 def ablation_configs(full: RelearnConfig, has_pool: bool) -> dict[str, tuple[RelearnConfig, bool]]:
