@@ -196,12 +196,10 @@ def predict(base, images_dir, out_dir, batch_size, no_cache):
     from .base import BaseMapFailure, iter_base_maps
     from .cache import Cache
     from .errors import InputError
-    from .imageio import list_by_stem, write_map
+    from .imageio import images_in, write_map
 
     adapter = base.adapter()
-    images = list_by_stem(images_dir)
-    if not images:
-        raise InputError(images_dir, "no images (.jpg, .png, .bmp, .tif) in this folder")
+    images = images_in(images_dir)
     inputs = [Path(images_dir).resolve()] + ([base.maps.resolve()] if base.maps is not None else [])
     if Path(out_dir).resolve() in inputs:
         raise InputError(out_dir, "the output folder must not be an input folder")

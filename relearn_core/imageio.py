@@ -46,6 +46,18 @@ def list_by_stem(folder: str | os.PathLike, suffix: str = "") -> dict[str, Path]
     return found
 
 
+def images_in(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map file stem -> path for the images of ``folder``, or of its ``images/`` subfolder when the folder holds none
+    itself (the layout of a data set). Raises InputError when there are none."""
+    folder = Path(folder)
+    found = list_by_stem(folder)
+    if not found and (folder / "images").is_dir():
+        found = list_by_stem(folder / "images")
+    if not found:
+        raise InputError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or in an images/ subfolder")
+    return found
+
+
 def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)

@@ -47,7 +47,7 @@ from .cache import Cache
 from .correspondence import CorrespondenceBuilder, CorrespondenceParams, ImageEntry, PairCorrespondence, read_entry
 from .errors import InputError, RelearnError
 from .features import DEFAULT_BACKBONE, superpixel_features
-from .imageio import IMAGE_SUFFIXES, atomic_write_bytes, list_by_stem, read_mask, write_map
+from .imageio import atomic_write_bytes, images_in, list_by_stem, read_mask, write_map
 from .joint import JointConfig, JointRelearner, PairBatch, predict_joint, train_joint
 from .pair_filter import (
     FilterConfig,
@@ -539,10 +539,7 @@ def read_entries(paths: Iterable[Path], report: RunReport) -> list[ImageEntry]:
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
-    files = list(list_by_stem(folder).values())
-    if not files:
-        raise InputError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return files
+    return list(images_in(folder).values())
 
 
 def base_maps_for(adapter, entries: list[ImageEntry], options, device, cache: Cache, report: RunReport,

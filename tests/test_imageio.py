@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from relearn_core.errors import InputError
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask, write_map
+from relearn_core.imageio import atomic_write_bytes, images_in, list_by_stem, read_image, read_map, read_mask, write_map
 
 
 def test_rgba_and_grey_images_become_rgb(tmp_path):
@@ -38,6 +38,15 @@ def test_corrupt_file_and_duplicate_stems_name_the_file(tmp_path):
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "x.jpg")
     with pytest.raises(InputError, match="two files with the stem 'x'"):
         list_by_stem(tmp_path)
+
+
+def test_images_in_reads_a_data_set_layout_and_names_an_empty_folder(tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "data" / "images" / "a.jpg")
+    assert images_in(tmp_path / "data") == {"a": tmp_path / "data" / "images" / "a.jpg"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no images .* in this folder or in an images/ subfolder"):
+        images_in(tmp_path / "empty")
 
 
 def test_atomic_writes_leave_no_temporary_and_usual_permissions(tmp_path):
