@@ -131,31 +131,53 @@ def membership(proposals: Proposals, superpixels: Superpixels) -> np.ndarray:
     return inside_x & inside_y
 
 
+class _Memberships:
+    """The proposal memberships of a pair, converted once into the sparse forms that every iteration multiplies by
+    (sparse: small and sparse, dense products would spend more time in BLAS threading than in arithmetic)."""
+
+    def __init__(self, target_members: np.ndarray, neighbour_members: np.ndarray):
+        self.target = target_members  # (V_t, S) bool
+        self.neighbour = sparse.csr_matrix(neighbour_members, dtype=np.float64)  # (V_n, T)
+        self.neighbour_t = self.neighbour.T.tocsr()  # (T, V_n)
+        self.size_t = target_members.sum(1).astype(np.float64)[:, None]
+        self.size_n = neighbour_members.sum(1).astype(np.float64)[None, :]
+        self.containing = target_members.sum(0).astype(np.float64)  # (S,) target proposals holding each superpixel
+        self.rows = None
+
+    def matched(self, rows: np.ndarray):
+        """(V_t, M) membership of the matched superpixels ``rows``, and its nonzero (proposal, match) pairs: fixed
+        over the iterations of one alignment, so converted once."""
+        if self.rows is None or not np.array_equal(self.rows, rows):
+            self.rows = rows
+            self.from_k = sparse.csr_matrix(self.target[:, rows], dtype=np.float64)
+            self.from_k_nonzero = self.from_k.nonzero()
+        return self.from_k, self.from_k_nonzero
+
+
 def proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, target_members: np.ndarray,
                            neighbour_members: np.ndarray, tau: float) -> np.ndarray:
     """Eq. (3) for all proposal pairs: g (V_t, V_n) given the superpixel matching ``matches`` (S,) (-1: unmatched)
     with distances (S,). Proposals with no superpixel get inf."""
+    return _proposal_dissimilarity(matches, distances, _Memberships(target_members, neighbour_members), tau)
+
+
+def _proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, members: _Memberships,
+                            tau: float) -> np.ndarray:
     rows = np.flatnonzero(matches >= 0)
     cols = matches[rows]
     # restricted to the matched superpixels, so the products are (V x M)(M x V) rather than through an S x T matrix
-    # sparse products: small and sparse, they would spend more time in BLAS threading than in arithmetic
-    from_k = sparse.csr_matrix(target_members[:, rows], dtype=np.float64)  # (V_t, M): P_k holds the matched S_i
-    into_l = sparse.csr_matrix(neighbour_members[:, cols].T, dtype=np.float64)  # (M, V_n): its partner is in P_l
+    from_k, (proposal, match) = members.matched(rows)  # (V_t, M): P_k holds the matched S_i
+    into_l = members.neighbour_t[cols]  # (M, V_n): its partner is in P_l
     joined = (from_k @ into_l).toarray()  # superpixels of P_k matched into P_l
-    joined_cost = (from_k @ sparse.diags(distances[rows]) @ into_l).toarray()
-    reached = np.zeros((target_members.shape[0], neighbour_members.shape[1]), bool)
-    proposal, match = from_k.nonzero()
+    joined_cost = (from_k @ (sparse.diags(distances[rows]) @ into_l)).toarray()
+    reached = np.zeros((members.target.shape[0], members.neighbour.shape[1]), bool)
     reached[proposal, cols[match]] = True
-    hit = (sparse.csr_matrix(reached, dtype=np.float64) @ sparse.csr_matrix(neighbour_members.T, dtype=np.float64)).toarray()
-    members_t = target_members.astype(np.float64)
-    members_n = neighbour_members.astype(np.float64).T
-    size_t = members_t.sum(1)[:, None]
-    size_n = members_n.sum(0)[None, :]
+    hit = (sparse.csr_matrix(reached, dtype=np.float64) @ members.neighbour_t).toarray()
     with np.errstate(invalid="ignore", divide="ignore"):
-        forward = (joined_cost + tau * (size_t - joined)) / size_t
-        backward = tau * (size_n - hit) / size_n
+        forward = (joined_cost + tau * (members.size_t - joined)) / members.size_t
+        backward = tau * (members.size_n - hit) / members.size_n
     g = forward + backward
-    return np.where((size_t > 0) & (size_n > 0), g, np.inf)
+    return np.where((members.size_t > 0) & (members.size_n > 0), g, np.inf)
 
 
 def _top_k_mask(costs: np.ndarray, k: int) -> np.ndarray:
@@ -171,13 +193,16 @@ def object_support(kept_proposals: np.ndarray, target_members: np.ndarray, neigh
                    pairs: np.ndarray) -> np.ndarray:
     """(S, T), filled at the candidate ``pairs`` (bool (S, T)) only: share of the target proposals containing S_i
     whose kept neighbour proposals contain S_j; 1 where S_i lies in no proposal (no object-level evidence)."""
-    reach = (sparse.csr_matrix(kept_proposals, dtype=np.float64)
-             @ sparse.csr_matrix(neighbour_members, dtype=np.float64)).toarray() > 0  # (V_t, T)
-    containing = target_members.sum(0).astype(np.float64)  # (S,)
+    return _object_support(kept_proposals, _Memberships(target_members, neighbour_members), pairs)
+
+
+def _object_support(kept_proposals: np.ndarray, members: _Memberships, pairs: np.ndarray) -> np.ndarray:
+    reach = (sparse.csr_matrix(kept_proposals, dtype=np.float64) @ members.neighbour).toarray() > 0  # (V_t, T)
     i, j = np.nonzero(pairs)
-    agreeing = (target_members[:, i] & reach[:, j]).sum(0)
+    agreeing = (members.target[:, i] & reach[:, j]).sum(0)
     support = np.zeros(pairs.shape)
-    support[i, j] = np.where(containing[i] > 0, agreeing / np.maximum(containing[i], 1), 1.0)
+    containing = members.containing[i]
+    support[i, j] = np.where(containing > 0, agreeing / np.maximum(containing, 1), 1.0)
     return support
 
 
@@ -223,13 +248,14 @@ def align_correspondence(correspondence: SuperpixelCorrespondence, target_member
     kept = np.zeros((target_members.shape[0], neighbour_members.shape[0]), bool)
     g = np.full(kept.shape, np.inf)
     support = np.ones(distances.shape)
+    members = _Memberships(target_members, neighbour_members)
     for k in range(params.initial_k, 0, -1):
         # Q_M fixed: solve Q_P, each target proposal keeps its k most similar neighbour proposals
         matched_distance = np.where(matches >= 0, distances[np.arange(len(matches)), np.maximum(matches, 0)], 0.0)
-        g = proposal_dissimilarity(matches, matched_distance, target_members, neighbour_members, tau)
+        g = _proposal_dissimilarity(matches, matched_distance, members, tau)
         kept = _top_k_mask(g, k)
         # Q_P fixed: solve Q_M, each superpixel keeps its k best candidates under distance plus object support
-        support = object_support(kept, target_members, neighbour_members, allowed)
+        support = _object_support(kept, members, allowed)
         superpixel_cost = np.where(allowed, distances / tau + (1.0 - share) + (1.0 - support), np.inf)
         allowed = _top_k_mask(superpixel_cost, k)
         best = superpixel_cost[rows].argmin(1)

@@ -26,7 +26,7 @@ from .align import AlignParams, Alignment, align_pair, grid_coordinates, superpi
 from .cache import Cache
 from .errors import InputError
 from .flow import SiftFlowParams, sift_flow_batch
-from .imageio import IMAGE_SUFFIXES, content_hash, read_image
+from .imageio import content_hash, images_in, read_image
 from .regions import (
     EDGEBOXES,
     PROPOSALS,
@@ -41,7 +41,7 @@ from .retrieval import NEIGHBOURS, Neighbour, RetrievalIndex, describe_images
 
 MIN_SIDE = 32
 # part of every cache key: bump a stage's number when its output changes for the same parameters
-STAGE_VERSIONS = {"descriptor": 1, "superpixels": 1, "proposals": 1, "flow": 1, "align": 3}
+STAGE_VERSIONS = {"descriptor": 1, "superpixels": 1, "proposals": 2, "flow": 1, "align": 4}
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,7 @@ class PoolSet:
 def _image_files(source: str | os.PathLike) -> list[Path]:
     """The image files of a folder (or of its ``images/`` subfolder, the layout of a data set), or the file itself."""
     source = Path(source)
-    if source.is_dir() and (source / "images").is_dir():
-        source = source / "images"
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return [source]
+    return sorted(images_in(source).values()) if source.is_dir() else [source]
 
 
 def read_entry(path: str | os.PathLike) -> ImageEntry:

@@ -2,7 +2,9 @@
 
 Both records are in the coordinates of the full image. Superpixels are computed at full resolution (their boundaries
 end up in the final saliency map); the edge map and EdgeBoxes run at a working size (long side
-``EDGE_LONG_SIDE``) because HED dominates the cost and the proposals only need box accuracy of a few pixels.
+``EDGE_LONG_SIDE``) because HED dominates the cost and the proposals only need box accuracy of a few pixels: 192 px
+rather than 240 px takes 40% off HED's time, and the alignment's correct rate on 20 SOD targets goes from 0.827 to
+0.821 (0.825 together with SIFT Flow's shorter schedule; benchmarks/correspondence.py).
 
 SLIC implementation: OpenCV contrib's ``createSuperpixelSLIC`` (algorithm SLIC, ruler 20) was chosen over
 scikit-image's ``slic``. On the first 40 SOD images at full size (481x321, ~500 requested), measured against the SOD
@@ -23,7 +25,7 @@ SLIC_RULER = 20.0
 SLIC_ITERATIONS = 10
 EDGEBOXES = 1000
 PROPOSALS = 100
-EDGE_LONG_SIDE = 240
+EDGE_LONG_SIDE = 192
 
 
 @dataclass(frozen=True)

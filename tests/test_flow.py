@@ -108,3 +108,17 @@ def test_images_too_small_give_a_one_line_error(image):
     assert "\n" not in message and "neighbour" in message and "too small" in message
     with pytest.raises(RelearnError, match="targets but"):
         flow.sift_flow_batch([image], [image, image])
+
+
+@pytest.mark.parametrize("truncation", [10.0, float("inf")])
+def test_fused_cpu_data_cost_equals_the_torch_version(image, truncation):
+    """The CPU kernel and the device-generic torch code give the same costs, off-image matches included."""
+    with torch.no_grad():
+        target, neighbour = flow.pair_descriptors([image], [_warp(image, "scale", 1.1)], SMALL)
+        _, chosen = flow.solve_flow(target, neighbour, SMALL)
+    centre = chosen + torch.randint(-3, 4, chosen.shape, generator=torch.Generator().manual_seed(0))
+    fused = flow._data_cost(target, neighbour, centre, 2, truncation)
+    generic = flow._data_cost_torch(target, neighbour, centre, 2, truncation)
+    assert fused.shape == generic.shape == (5, 5, 1, *target.shape[-2:])
+    assert bool(torch.isfinite(fused).all())
+    torch.testing.assert_close(fused, generic, rtol=1e-5, atol=1e-4)
