@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import AlignParams, Alignment, align_pair, grid_coordinates, superpixel_correspondence
+from .align import (
+    AlignParams,
+    Alignment,
+    align_correspondence,
+    grid_coordinates,
+    membership,
+    superpixel_correspondence,
+)
 from .cache import Cache
 from .errors import InputError
 from .flow import SiftFlowParams, sift_flow_batch
@@ -260,10 +267,10 @@ class CorrespondenceBuilder:
         pairs = []
         for (neighbour, distance), (neighbour_sp, neighbour_pr), (flow, cost) in zip(found, region_pairs, fields):
             def compute(neighbour_sp=neighbour_sp, neighbour_pr=neighbour_pr, flow=flow, cost=cost):
-                alignment = align_pair(target_sp, neighbour_sp, target_pr, neighbour_pr, flow, cost,
-                                       self.params.align)
-                baseline = superpixel_correspondence(target_sp, neighbour_sp, flow, cost).flow_matches()
-                return {**alignment.as_arrays(), "flow_matches": baseline}
+                correspondence = superpixel_correspondence(target_sp, neighbour_sp, flow, cost)
+                alignment = align_correspondence(correspondence, membership(target_pr, target_sp),
+                                                 membership(neighbour_pr, neighbour_sp), self.params.align)
+                return {**alignment.as_arrays(), "flow_matches": correspondence.flow_matches()}
 
             arrays = self._cached("align", [target.hash, neighbour.hash], params, compute)
             pairs.append(PairCorrespondence(target, neighbour, distance, Alignment.from_arrays(arrays),
