@@ -122,3 +122,26 @@ def test_fused_cpu_data_cost_equals_the_torch_version(image, truncation):
     assert fused.shape == generic.shape == (5, 5, 1, *target.shape[-2:])
     assert bool(torch.isfinite(fused).all())
     torch.testing.assert_close(fused, generic, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_belief_propagation_equals_the_torch_version(image, monkeypatch):
+    """The CPU kernel and the device-generic torch code pass the same messages: the same beliefs (to float32
+    round-off) and the same flows, on real image crops, at a level whose window centres differ between many
+    neighbours (messages shifted between windows) and through the whole coarse-to-fine solve."""
+    crops = [image[20:200, 10:150], _warp(image, "scale", 1.1)[30:210, 15:155]]  # 180 x 140 px
+    with torch.no_grad():
+        target, neighbour = flow.pair_descriptors([crops[0], crops[1]], [crops[1], crops[0]], SMALL)
+        fused_flow, fused_integer = flow.solve_flow(target, neighbour, SMALL)
+        centre = fused_integer + torch.randint(-2, 3, fused_integer.shape, generator=torch.Generator().manual_seed(0))
+        cost = flow._data_cost(target, neighbour, centre, 2, SMALL.t)
+        fused = flow._belief_propagation(cost, centre, 2, SMALL, 5)
+        generic = flow._belief_propagation_torch(cost, centre, 2, SMALL, 5)
+        monkeypatch.setattr(flow, "_belief_propagation", flow._belief_propagation_torch)
+        generic_flow, generic_integer = flow.solve_flow(target, neighbour, SMALL)
+    assert (centre[..., 1:] != centre[..., :-1]).float().mean() > 0.3
+    for fused_layer, generic_layer in zip(fused, generic):
+        assert fused_layer.shape == generic_layer.shape == (5, 2, *target.shape[-2:])
+        torch.testing.assert_close(fused_layer, generic_layer, rtol=1e-6, atol=1e-5)
+    assert torch.equal(flow._decode(cost, fused, centre, 2)[1], flow._decode(cost, generic, centre, 2)[1])
+    assert torch.equal(fused_integer, generic_integer)
+    torch.testing.assert_close(fused_flow, generic_flow, rtol=0, atol=1e-6)
