@@ -111,6 +111,7 @@ class Relearning:
     def key(self) -> str:
         """A short hash of everything that fixes the re-learner, so a changed config never reuses stale files."""
         from . import __version__
+        from .pipeline import RelearnConfig
 
         spec = self.spec
 
@@ -123,7 +124,7 @@ class Relearning:
             "train": spec.train, "images": where(spec.train_images), "gt": where(spec.train_gt),
             "train_maps": where(spec.train_maps), "folds": spec.folds,
             "seed": spec.seed, "pool": [where(p) for p in spec.pool] if self.with_pool else [],
-            "overrides": self.overrides, "checkpoint": where(spec.checkpoint), "version": __version__.split(".")[:2],
+            "config": RelearnConfig().with_overrides(self.overrides).to_dict(), "checkpoint": where(spec.checkpoint), "version": __version__.split(".")[:2],
         }
         return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
