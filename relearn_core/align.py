@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from scipy import sparse
 
@@ -142,16 +143,16 @@ class _Memberships:
         self.size_t = target_members.sum(1).astype(np.float64)[:, None]
         self.size_n = neighbour_members.sum(1).astype(np.float64)[None, :]
         self.containing = target_members.sum(0).astype(np.float64)  # (S,) target proposals holding each superpixel
+        self.holding = sparse.csr_matrix(target_members.T)  # (S, V_t): the target proposals holding each superpixel
         self.rows = None
 
-    def matched(self, rows: np.ndarray):
-        """(V_t, M) membership of the matched superpixels ``rows``, and its nonzero (proposal, match) pairs: fixed
-        over the iterations of one alignment, so converted once."""
+    def matched(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """(V_t, M) membership of the matched superpixels ``rows``: fixed over the iterations of one alignment, so
+        converted once."""
         if self.rows is None or not np.array_equal(self.rows, rows):
             self.rows = rows
             self.from_k = sparse.csr_matrix(self.target[:, rows], dtype=np.float64)
-            self.from_k_nonzero = self.from_k.nonzero()
-        return self.from_k, self.from_k_nonzero
+        return self.from_k
 
 
 def proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, target_members: np.ndarray,
@@ -165,19 +166,39 @@ def _proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, members:
                             tau: float) -> np.ndarray:
     rows = np.flatnonzero(matches >= 0)
     cols = matches[rows]
-    # restricted to the matched superpixels, so the products are (V x M)(M x V) rather than through an S x T matrix
-    from_k, (proposal, match) = members.matched(rows)  # (V_t, M): P_k holds the matched S_i
-    into_l = members.neighbour_t[cols]  # (M, V_n): its partner is in P_l
-    joined = (from_k @ into_l).toarray()  # superpixels of P_k matched into P_l
-    joined_cost = (from_k @ (sparse.diags(distances[rows]) @ into_l)).toarray()
-    reached = np.zeros((members.target.shape[0], members.neighbour.shape[1]), bool)
-    reached[proposal, cols[match]] = True
-    hit = (sparse.csr_matrix(reached, dtype=np.float64) @ members.neighbour_t).toarray()
+    # restricted to the matched superpixels: P_k's matched S_i, each with its partner's neighbour proposals
+    from_k = members.matched(rows)  # (V_t, M): P_k holds the matched S_i
+    shape = (members.target.shape[0], members.neighbour.shape[0])
+    joined, joined_cost, hit = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    _join_proposals(from_k.indptr, from_k.indices, cols, distances[rows], members.neighbour_t.indptr,
+                    members.neighbour_t.indices, np.full(members.neighbour.shape[1], -1, np.int64), joined,
+                    joined_cost, hit)
     with np.errstate(invalid="ignore", divide="ignore"):
         forward = (joined_cost + tau * (members.size_t - joined)) / members.size_t
         backward = tau * (members.size_n - hit) / members.size_n
     g = forward + backward
     return np.where((members.size_t > 0) & (members.size_n > 0), g, np.inf)
+
+
+@numba.njit(cache=True, nogil=True)
+def _join_proposals(from_starts, from_matches, cols, distances, into_starts, into_proposals, seen, joined, joined_cost,
+                    hit):
+    """For each target proposal P_k (rows of the CSR (V_t, M) ``from_*``) and neighbour proposal P_l (CSR (T, V_n)
+    ``into_*``): joined, the number of P_k's matched superpixels whose partner is in P_l; joined_cost, the sum of
+    their distances, added in the order of the matches (as a sparse product would); hit, the number of P_l's
+    superpixels that are the partner of one of P_k's. seen (T,) is scratch, all -1."""
+    for k in range(len(from_starts) - 1):
+        for at in range(from_starts[k], from_starts[k + 1]):
+            match = from_matches[at]
+            partner = cols[match]
+            fresh = seen[partner] != k
+            seen[partner] = k
+            for into in range(into_starts[partner], into_starts[partner + 1]):
+                l = into_proposals[into]
+                joined[k, l] += 1.0
+                joined_cost[k, l] += distances[match]
+                if fresh:
+                    hit[k, l] += 1.0
 
 
 def _top_k_mask(costs: np.ndarray, k: int) -> np.ndarray:
@@ -193,17 +214,30 @@ def object_support(kept_proposals: np.ndarray, target_members: np.ndarray, neigh
                    pairs: np.ndarray) -> np.ndarray:
     """(S, T), filled at the candidate ``pairs`` (bool (S, T)) only: share of the target proposals containing S_i
     whose kept neighbour proposals contain S_j; 1 where S_i lies in no proposal (no object-level evidence)."""
-    return _object_support(kept_proposals, _Memberships(target_members, neighbour_members), pairs)
-
-
-def _object_support(kept_proposals: np.ndarray, members: _Memberships, pairs: np.ndarray) -> np.ndarray:
-    reach = (sparse.csr_matrix(kept_proposals, dtype=np.float64) @ members.neighbour).toarray() > 0  # (V_t, T)
     i, j = np.nonzero(pairs)
-    agreeing = (members.target[:, i] & reach[:, j]).sum(0)
     support = np.zeros(pairs.shape)
-    containing = members.containing[i]
-    support[i, j] = np.where(containing > 0, agreeing / np.maximum(containing, 1), 1.0)
+    support[i, j] = _object_support(kept_proposals, _Memberships(target_members, neighbour_members), i, j)
     return support
+
+
+def _object_support(kept_proposals: np.ndarray, members: _Memberships, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """object_support at the candidate pairs (i, j) only."""
+    reach = (sparse.csr_matrix(kept_proposals, dtype=np.float64) @ members.neighbour).toarray() > 0  # (V_t, T)
+    agreeing = np.empty(len(i), np.int64)
+    _count_agreeing(members.holding.indptr, members.holding.indices, reach, i, j, agreeing)
+    containing = members.containing[i]
+    return np.where(containing > 0, agreeing / np.maximum(containing, 1), 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_agreeing(holding_starts, holding, reach, i, j, agreeing):
+    """For each pair (i[n], j[n]): how many of the target proposals holding S_i (CSR ``holding_*``) reach S_j."""
+    for n in range(len(i)):
+        count = 0
+        for at in range(holding_starts[i[n]], holding_starts[i[n] + 1]):
+            if reach[holding[at], j[n]]:
+                count += 1
+        agreeing[n] = count
 
 
 def object_level_cost(matches: np.ndarray, distances: np.ndarray, target_members: np.ndarray, tau: float) -> np.ndarray:
@@ -244,10 +278,14 @@ def align_correspondence(correspondence: SuperpixelCorrespondence, target_member
     matches = np.full(distances.shape[0], -1, np.int64)
     matches[rows] = correspondence.counts[rows].argmax(1)
     share = correspondence.counts / np.maximum(correspondence.counts.sum(1, keepdims=True), 1)
+    # the superpixel cost's terms fixed over the iterations: distance and share
+    fixed_cost = distances / tau + (1.0 - share)
     allowed = candidates.copy()
     kept = np.zeros((target_members.shape[0], neighbour_members.shape[0]), bool)
     g = np.full(kept.shape, np.inf)
-    support = np.ones(distances.shape)
+    # the last iteration's object-level support at its candidate pairs (i, j); 1 without any iteration
+    i, j = rows, matches[rows]
+    support_at = np.ones(len(rows))
     members = _Memberships(target_members, neighbour_members)
     for k in range(params.initial_k, 0, -1):
         # Q_M fixed: solve Q_P, each target proposal keeps its k most similar neighbour proposals
@@ -255,11 +293,15 @@ def align_correspondence(correspondence: SuperpixelCorrespondence, target_member
         g = _proposal_dissimilarity(matches, matched_distance, members, tau)
         kept = _top_k_mask(g, k)
         # Q_P fixed: solve Q_M, each superpixel keeps its k best candidates under distance plus object support
-        support = _object_support(kept, members, allowed)
-        superpixel_cost = np.where(allowed, distances / tau + (1.0 - share) + (1.0 - support), np.inf)
+        i, j = np.nonzero(allowed)
+        support_at = _object_support(kept, members, i, j)
+        superpixel_cost = np.full(distances.shape, np.inf)
+        superpixel_cost[i, j] = fixed_cost[i, j] + (1.0 - support_at)
         allowed = _top_k_mask(superpixel_cost, k)
         best = superpixel_cost[rows].argmin(1)
         matches[rows] = best
+    support = np.zeros(distances.shape)
+    support[i, j] = support_at
     chosen_support = support[rows, matches[rows]]
     object_cost = object_level_cost(matches, distances, target_members, tau)
     keep = object_cost[rows] <= np.quantile(object_cost[rows], params.object_keep)

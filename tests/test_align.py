@@ -7,6 +7,7 @@ from relearn_core.align import (
     AlignParams,
     align_pair,
     membership,
+    object_support,
     proposal_dissimilarity,
     superpixel_correspondence,
 )
@@ -122,3 +123,33 @@ def test_membership_uses_superpixel_centroids():
     sp = Superpixels(labels, 2)
     boxes = Proposals(np.array([[0, 0, 5, 10], [0, 0, 10, 10], [6, 0, 7, 10]]), np.ones(3))
     assert membership(boxes, sp).tolist() == [[True, False], [True, True], [False, False]]
+
+
+def test_proposal_dissimilarity_and_object_support_equal_their_definitions_on_random_memberships(rng):
+    """Eq. (3) and the object-level support against per-proposal loops over their definitions, with several target
+    superpixels matched to one neighbour superpixel (it counts once as reached) and unmatched ones."""
+    s_count, t_count, tau = 40, 30, 3.0
+    target_members = rng.random((12, s_count)) < 0.3
+    neighbour_members = rng.random((9, t_count)) < 0.3
+    matches = rng.integers(-1, t_count // 2, s_count)
+    distances = rng.random(s_count)
+    g = proposal_dissimilarity(matches, distances, target_members, neighbour_members, tau)
+    for k, p_k in enumerate(target_members):
+        for l, q_l in enumerate(neighbour_members):
+            if not p_k.any() or not q_l.any():
+                assert np.isinf(g[k, l])
+                continue
+            inside = p_k & (matches >= 0) & q_l[np.maximum(matches, 0)]
+            reached = np.zeros(t_count, bool)
+            reached[matches[p_k & (matches >= 0)]] = True
+            expected = ((distances[inside].sum() + tau * (p_k.sum() - inside.sum())) / p_k.sum()
+                        + tau * (q_l & ~reached).sum() / q_l.sum())
+            assert g[k, l] == pytest.approx(expected, rel=1e-12)
+    kept = rng.random((12, 9)) < 0.3
+    pairs = rng.random((s_count, t_count)) < 0.2
+    support = object_support(kept, target_members, neighbour_members, pairs)
+    for i, j in zip(*np.nonzero(pairs)):
+        holding = np.flatnonzero(target_members[:, i])
+        agreeing = sum(bool((kept[v] & neighbour_members[:, j]).any()) for v in holding)
+        assert support[i, j] == (agreeing / len(holding) if len(holding) else 1.0)
+    assert not support[~pairs].any()

@@ -145,3 +145,25 @@ def test_cpu_belief_propagation_equals_the_torch_version(image, monkeypatch):
     assert torch.equal(flow._decode(cost, fused, centre, 2)[1], flow._decode(cost, generic, centre, 2)[1])
     assert torch.equal(fused_integer, generic_integer)
     torch.testing.assert_close(fused_flow, generic_flow, rtol=0, atol=1e-6)
+
+
+def test_cpu_kernels_give_the_same_results_on_one_and_two_threads(image):
+    """The CPU kernels share a batch's pairs among torch's threads: the costs and beliefs of three pairs (split
+    unevenly between two threads) are bit-identical to those computed on one thread."""
+    crops = [image[20:200, 10:150], _warp(image, "scale", 1.1)[30:210, 15:155], _warp(image, "shift", 5.0)[:180, :140]]
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        with torch.no_grad():
+            target, neighbour = flow.pair_descriptors(crops, crops[1:] + crops[:1], SMALL)
+            _, integer = flow.solve_flow(target, neighbour, SMALL)
+            centre = integer + torch.randint(-2, 3, integer.shape, generator=torch.Generator().manual_seed(0))
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                cost = flow._data_cost(target, neighbour, centre, 2, SMALL.t)
+                results.append((cost, *flow._belief_propagation(cost, centre, 2, SMALL, 5)))
+    finally:
+        torch.set_num_threads(previous)
+    assert results[0][0].shape == (5, 5, 3, *target.shape[-2:])
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
