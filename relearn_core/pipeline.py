@@ -326,13 +326,12 @@ class Relearner:
     pair_features: int
     summary: dict = field(default_factory=dict)  #: counts from training (images, pairs, positives, ...)
 
-    def keep(self, pairs: TargetPairs, device: str) -> np.ndarray:
-        """delta of Eq. (6) for every pair (S, M): the filter's decision on valid pairs."""
-        valid = pairs.valid
+    def keep(self, cf: np.ndarray, valid: np.ndarray, device: str) -> np.ndarray:
+        """delta of Eq. (6) for every pair (N, M) of pair features ``cf``: the filter's decision on valid pairs."""
         if self.pair_filter is None:
             return valid
         keep = np.zeros_like(valid)
-        keep[valid] = filter_decisions(self.pair_filter, pairs.cf[valid], device)
+        keep[valid] = filter_decisions(self.pair_filter, cf[valid], device)
         return keep
 
 
@@ -368,8 +367,10 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
         filter_labels.append(labels[chosen])
         summary_counts["pairs"] += len(labels)
         summary_counts["positive_pairs"] += int(labels.sum())
+        # only the re-learned superpixels' pairs are kept: all pairs of every image do not fit in memory with VGG features
         region = relearn_region(evidence, config.min_unsure) & pairs.valid.any(1)
-        joint_parts.append((pairs, region, facts.salient_share))
+        joint_parts.append((pairs.cf[region], pairs.similarity[region], pairs.valid[region],
+                            prior_logit(evidence.base_mean[region]), facts.salient_share[region]))
     if not joint_parts:
         raise RelearnError("no training image has a usable neighbour in the pool: give a larger --pool")
     filter_cf = np.concatenate(filter_cf)
@@ -384,14 +385,13 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
             warnings.warn(f"pair filter not trained, every aligned pair is kept: {exc}", stacklevel=2)
     summary["filter"] = pair_filter is not None
     del filter_cf
-    relearner = Relearner(base, config, pair_filter, None, joint_parts[0][0].cf.shape[2], summary)  # type: ignore[arg-type]
+    relearner = Relearner(base, config, pair_filter, None, joint_parts[0][0].shape[2], summary)  # type: ignore[arg-type]
     batches, targets_z, groups = [], [], []
-    for number, (pairs, region, salient_share) in enumerate(joint_parts):
-        keep = relearner.keep(pairs, device)
-        rows = region & keep.any(1)
+    for number, (cf, similarity, valid, prior, salient_share) in enumerate(joint_parts):
+        keep = relearner.keep(cf, valid, device)
+        rows = keep.any(1)
         if rows.any():
-            batches.append(PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), keep[rows],
-                                     prior_logit(pairs.evidence.base_mean[rows])))
+            batches.append(PairBatch(cf[rows], similarity[rows].astype(np.float32), keep[rows], prior[rows]))
             targets_z.append(salient_share[rows])
             groups.append(np.full(int(rows.sum()), number))
     if not batches:
@@ -425,7 +425,7 @@ def relearn_image(relearner: Relearner, target: ImageEntry, builder: Corresponde
     start = time.perf_counter()
     pairs = instance_pairs(evidence, neighbours, correspondences, relearner.config.joint.neighbours,
                            relearner.config.alignment)
-    keep = relearner.keep(pairs, device)
+    keep = relearner.keep(pairs.cf, pairs.valid, device)
     rows = relearn_region(evidence, relearner.config.min_unsure) & keep.any(1)
     scores = np.full(evidence.superpixels.count, np.nan)
     if rows.any():
