@@ -13,7 +13,8 @@ PY=${PYTHON:-python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 run() {  # one relearn_cv.py run per line of stdin, JOBS at a time
-  xargs -P "$JOBS" -I{} sh -c "$PY benchmarks/relearn_cv.py --data $DATA/SOD --folds 5 --seed 0 --no-ablation {} > /dev/null"
+  xargs -P "$JOBS" -I{} sh -c "$PY benchmarks/relearn_cv.py --data $DATA/SOD --folds 5 --seed 0 --no-ablation \\
+    --machine \"$(nproc)-core CPU, $JOBS runs at a time\" {} > /dev/null"
 }
 # first one run per pool (SOD alone; SOD + BSDS500-pool): they fill the correspondence cache the others reuse
 printf '%s\n' "--base dss --maps $DATA/SOD/maps/DSS --backbone handcrafted --out $OUT/relearn_cv_dss_handcrafted.json" \

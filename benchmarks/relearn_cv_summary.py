@@ -47,7 +47,8 @@ def markdown(rows: list[dict]) -> str:
         "# relearn k-fold CV on SOD: X, X + CRF and Our(X)",
         "",
         "Max F (dataset level) / MAE of all held-out maps together; gain = Our(X) - X in max F (± std over folds); "
-        f"goal: gain >= {GOAL_GAIN}, lower MAE, above X + CRF. Wrap seconds per image beyond the base (compute time).",
+        f"goal: gain >= {GOAL_GAIN}, lower MAE, above X + CRF. Wrap seconds per image beyond the base: the compute time "
+        "each run recorded, inflated when runs share the machine (see each file's machine note).",
         "",
         "| base | backbone | extra pool | X | X + CRF | Our(X) | gain (± fold std) | MAE change | goal | wrap s/image | file |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
