@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .align import (
     AlignParams,
@@ -264,15 +266,28 @@ class CorrespondenceBuilder:
         params = {**asdict(self.params.align), "superpixels": self.params.superpixels,
                   "proposals": self.params.proposals, "edges": resolve_edge_method(self.params.edge_method),
                   **self._flow_params()}
-        pairs = []
-        for (neighbour, distance), (neighbour_sp, neighbour_pr), (flow, cost) in zip(found, region_pairs, fields):
-            def compute(neighbour_sp=neighbour_sp, neighbour_pr=neighbour_pr, flow=flow, cost=cost):
-                correspondence = superpixel_correspondence(target_sp, neighbour_sp, flow, cost)
-                alignment = align_correspondence(correspondence, membership(target_pr, target_sp),
-                                                 membership(neighbour_pr, neighbour_sp), self.params.align)
-                return {**alignment.as_arrays(), "flow_matches": correspondence.flow_matches()}
+        target_members = membership(target_pr, target_sp)
 
-            arrays = self._cached("align", [target.hash, neighbour.hash], params, compute)
+        def align(index: int) -> dict[str, np.ndarray]:
+            (neighbour_sp, neighbour_pr), (flow, cost) = region_pairs[index], fields[index]
+            correspondence = superpixel_correspondence(target_sp, neighbour_sp, flow, cost)
+            alignment = align_correspondence(correspondence, target_members, membership(neighbour_pr, neighbour_sp),
+                                             self.params.align)
+            return {**alignment.as_arrays(), "flow_matches": correspondence.flow_matches()}
+
+        missing = [i for i, (n, _) in enumerate(found) if not self._stored("align", [target.hash, n.hash], params)]
+        computed = {}
+        if missing:
+            start = time.perf_counter()
+            # the alignments' numpy and numba work releases the GIL: threads put every core torch may use to work
+            with ThreadPoolExecutor(min(torch.get_num_threads(), len(missing))) as pool:
+                results = list(pool.map(align, missing))
+            share = np.float64((time.perf_counter() - start) / len(missing))
+            computed = {index: {**arrays, "seconds": share} for index, arrays in zip(missing, results)}
+        pairs = []
+        for index, (neighbour, distance) in enumerate(found):
+            arrays = self._cached("align", [target.hash, neighbour.hash], params,
+                                  lambda index=index: computed[index] if index in computed else align(index))
             pairs.append(PairCorrespondence(target, neighbour, distance, Alignment.from_arrays(arrays),
                                             arrays["flow_matches"]))
         return pairs
