@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -189,17 +190,28 @@ class CorrespondenceBuilder:
         path = self.cache.path(stage, hashes, self._key(stage, params))
         return path is not None and path.exists()
 
-    def descriptors(self, entries: list[ImageEntry]) -> np.ndarray:
-        """GIST + HOG descriptors of the entries (N, D); the missing ones are computed in one batch."""
-        missing = [e for e in entries if not self._stored("descriptor", [e.hash], {})]
+    def _cached_batch(self, stage: str, keys: list[list[str]], params: dict,
+                      compute: Callable[[list[int]], list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+        """The cache entries of a batched stage, one per item of ``keys`` (its input hashes). ``compute(indices)``
+        returns the arrays of those items; the missing ones are computed in one call, each entry keeping its share of
+        the call's time; an entry found damaged when read is computed alone."""
+        missing = [i for i, hashes in enumerate(keys) if not self._stored(stage, hashes, params)]
         computed = {}
         if missing:
             start = time.perf_counter()
-            rows = describe_images([e.image for e in missing], self.device)
+            results = compute(missing)
             share = np.float64((time.perf_counter() - start) / len(missing))
-            computed = {e.hash: {"descriptor": row, "seconds": share} for e, row in zip(missing, rows)}
-        stored = [self._cached("descriptor", [e.hash], {}, lambda e=e: computed[e.hash])["descriptor"]
-                  for e in entries]
+            computed = {i: {**arrays, "seconds": share} for i, arrays in zip(missing, results)}
+        return [self._cached(stage, hashes, params, lambda i=i: computed[i] if i in computed else compute([i])[0])
+                for i, hashes in enumerate(keys)]
+
+    def descriptors(self, entries: list[ImageEntry]) -> np.ndarray:
+        """GIST + HOG descriptors of the entries (N, D); the missing ones are computed in one batch."""
+        def compute(indices):
+            return [{"descriptor": row} for row in describe_images([entries[i].image for i in indices], self.device)]
+
+        stored = [arrays["descriptor"] for arrays in self._cached_batch("descriptor", [[e.hash] for e in entries], {},
+                                                                        compute)]
         return np.stack(stored) if stored else np.zeros((0, 0), np.float32)
 
     def neighbours(self, target: ImageEntry) -> list[tuple[ImageEntry, float]]:
@@ -238,22 +250,15 @@ class CorrespondenceBuilder:
         The missing pairs are computed in one batch."""
         params = self._flow_params()
         grid = _grid_shape(target.image.shape[:2], self.params.flow_grid)
-        missing = [n for n in neighbours if not self._stored("flow", [target.hash, n.hash], params)]
-        computed = {}
-        if missing:
-            start = time.perf_counter()
-            fields = sift_flow_batch([target.image] * len(missing), [n.image for n in missing], self.params.flow,
-                                     self.device)
-            share = np.float64((time.perf_counter() - start) / len(missing))
-            for neighbour, result in zip(missing, fields):
-                computed[neighbour.hash] = {"flow": sample_grid(result.flow, grid).astype(np.float16),
-                                            "cost": sample_grid(result.cost, grid).astype(np.float16),
-                                            "seconds": share}
-        out = []
-        for neighbour in neighbours:
-            arrays = self._cached("flow", [target.hash, neighbour.hash], params, lambda n=neighbour: computed[n.hash])
-            out.append((arrays["flow"].astype(np.float32), arrays["cost"].astype(np.float32)))
-        return out
+
+        def compute(indices):
+            fields = sift_flow_batch([target.image] * len(indices), [neighbours[i].image for i in indices],
+                                     self.params.flow, self.device)
+            return [{"flow": sample_grid(result.flow, grid).astype(np.float16),
+                     "cost": sample_grid(result.cost, grid).astype(np.float16)} for result in fields]
+
+        stored = self._cached_batch("flow", [[target.hash, n.hash] for n in neighbours], params, compute)
+        return [(arrays["flow"].astype(np.float32), arrays["cost"].astype(np.float32)) for arrays in stored]
 
     def correspondences(self, target: ImageEntry) -> list[PairCorrespondence]:
         """Retrieval, regions, flows and bi-level alignment of the target against its neighbours."""
@@ -275,19 +280,11 @@ class CorrespondenceBuilder:
                                              self.params.align)
             return {**alignment.as_arrays(), "flow_matches": correspondence.flow_matches()}
 
-        missing = [i for i, (n, _) in enumerate(found) if not self._stored("align", [target.hash, n.hash], params)]
-        computed = {}
-        if missing:
-            start = time.perf_counter()
+        def align_batch(indices):
             # the alignments' numpy and numba work releases the GIL: threads put every core torch may use to work
-            with ThreadPoolExecutor(min(torch.get_num_threads(), len(missing))) as pool:
-                results = list(pool.map(align, missing))
-            share = np.float64((time.perf_counter() - start) / len(missing))
-            computed = {index: {**arrays, "seconds": share} for index, arrays in zip(missing, results)}
-        pairs = []
-        for index, (neighbour, distance) in enumerate(found):
-            arrays = self._cached("align", [target.hash, neighbour.hash], params,
-                                  lambda index=index: computed[index] if index in computed else align(index))
-            pairs.append(PairCorrespondence(target, neighbour, distance, Alignment.from_arrays(arrays),
-                                            arrays["flow_matches"]))
-        return pairs
+            with ThreadPoolExecutor(min(torch.get_num_threads(), len(indices))) as pool:
+                return list(pool.map(align, indices))
+
+        stored = self._cached_batch("align", [[target.hash, n.hash] for n, _ in found], params, align_batch)
+        return [PairCorrespondence(target, neighbour, distance, Alignment.from_arrays(arrays), arrays["flow_matches"])
+                for (neighbour, distance), arrays in zip(found, stored)]

@@ -101,6 +101,11 @@ def test_builder_caches_every_stage_and_resumes(folders, tmp_path):
     resumed = CorrespondenceBuilder(pool, cache, FAST)
     resumed.correspondences(target)
     assert resumed.computed["flow"] == 1 and "superpixels" not in resumed.computed
+    # a damaged flow entry (a disk error, a killed copy) is computed again, alone
+    flow_entries[1].write_bytes(b"not an npz")
+    mended = CorrespondenceBuilder(pool, cache, FAST)
+    again_pairs = mended.correspondences(target)
+    assert mended.computed["flow"] == 1 and len(again_pairs) == 2
     # no temporary files left behind
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
