@@ -186,14 +186,9 @@ def iter_base_maps(
 
 
 def _cached_map(cache: Cache, digest: str, params: dict) -> np.ndarray | None:
-    entry = cache.path(STAGE, (digest,), params)
-    if not entry.exists():
-        return None
-    try:
-        with np.load(entry, allow_pickle=False) as stored:
-            return stored["map"]
-    except (OSError, ValueError, EOFError, KeyError):
-        return None  # a damaged entry is recomputed, and replaced when the new map is stored
+    """The stored map of an image, or None (absent or damaged: it is predicted again and stored)."""
+    arrays = cache.load(STAGE, (digest,), params)
+    return None if arrays is None else arrays.get("map")
 
 
 def predict_base_maps(

@@ -39,15 +39,24 @@ class Cache:
             return None
         return self.root / stage / f"{self.key(hashes, params)}.npz"
 
+    def load(self, stage: str, hashes, params: dict) -> dict[str, np.ndarray] | None:
+        """The arrays of this entry, or None when it is absent or damaged (a damaged entry is removed, never trusted)."""
+        path = self.path(stage, hashes, params)
+        if path is None or not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError):
+            path.unlink(missing_ok=True)
+            return None
+
     def get_or_compute(self, stage: str, hashes, params: dict, compute: Callable[[], dict[str, np.ndarray]]):
         """Return the cached arrays of this entry, computing and storing them first when absent or unreadable."""
+        arrays = self.load(stage, hashes, params)
+        if arrays is not None:
+            return arrays
         path = self.path(stage, hashes, params)
-        if path is not None and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as stored:
-                    return {name: stored[name] for name in stored.files}
-            except (OSError, ValueError, EOFError):
-                path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
         arrays = compute()
         if path is not None:
             buffer = io.BytesIO()
