@@ -79,6 +79,10 @@ def _parse_base_option(ctx, param, values):
     return tuple(parsed)
 
 
+ADAPTER_FILES = click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path),
+                             metavar="FILE", help="Load adapters from this Python file (repeatable).")
+
+
 def base_options(command):
     """Add --base, --maps, --network, --adapter, --device and --base-option to a command; it receives ``base: BaseChoice``."""
 
@@ -91,8 +95,7 @@ def base_options(command):
         click.option("--base", required=True, metavar="NAME", help="Base model (adapter); see `relearn adapters list`."),
         click.option("--maps", type=click.Path(path_type=Path), help="Folder of the base's precomputed maps."),
         click.option("--network", type=click.Path(path_type=Path), help="Network file, for the onnx / torchscript bases."),
-        click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
-                     help="Load adapters from this Python file (repeatable)."),
+        ADAPTER_FILES,
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
         click.option("--base-option", "base_option", multiple=True, metavar="KEY=VALUE", callback=_parse_base_option,
                      help="An option of the adapter (repeatable; the value is read as YAML)."),
@@ -109,8 +112,7 @@ def adapters():
 
 @adapters.command("list")
 @click.argument("pattern", required=False, default="*")
-@click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
-              help="Also load adapters from this Python file.")
+@ADAPTER_FILES
 @reports_errors
 def adapters_list(pattern, adapter_files):
     """List adapters whose name matches PATTERN (wildcards * ? [..]): name, source, version, description."""
@@ -131,8 +133,7 @@ def adapters_list(pattern, adapter_files):
 
 @adapters.command("show")
 @click.argument("name")
-@click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
-              help="Also load adapters from this Python file.")
+@ADAPTER_FILES
 @reports_errors
 def adapters_show(name, adapter_files):
     """Everything known about the adapter NAME (and its published scores when registry.yaml has them)."""
