@@ -21,7 +21,8 @@ Correspondences (retrieval, superpixels, proposals, flows, alignments) do not de
 disk by content hash: folds and bases share them; a rerun reuses everything (``--cache``).
 ``seconds_per_image``: compute time of each stage of wrap per held-out image on this machine (a stage served from the
 compute time stored with each cache entry, so a rerun reports the same cold times; the pool's own preprocessing is
-done during training and not counted). C6 runs first in each fold so its held images are new to the builders.
+done during training and not counted); wrap runs as many images side by side as --threads, each on one core, so these
+add up to about --threads times ``relearn_wrap_wall_first_fold``, the wall clock per image of wrapping the first fold. C6 runs first in each fold so its held images are new to the builders.
 Nothing is chosen on a held fold: every setting is fixed before the run.
 """
 
@@ -53,7 +54,7 @@ from relearn_core.pipeline import (
     fit,
     image_files,
     read_entries,
-    relearn_image,
+    relearn_images,
 )
 from relearn_core.pseudo_gt import crf_refine
 from relearn_core.regenerate import folds_of
@@ -172,8 +173,9 @@ def run(args) -> dict:
     stage_seconds: dict[str, float] = defaultdict(float)
     wrapped = 0
     relearned_images = 0
-    # wall clock of relearn_image on the first fold's held images (cache reads, overheads and overlap included): cold
-    # when the run starts with an empty cache; later folds' held images were training images before, partly cached
+    # wall clock of wrapping the first fold's held images, per image (relearn_images as `relearn wrap` runs it, images
+    # side by side on the --threads cores; cache reads and overheads included): cold when the run starts with an empty
+    # cache; later folds' held images were training images before, partly cached
     first_fold_wall: list[float] = []
     changed = ChangedPixels()
     training = {}
@@ -194,24 +196,25 @@ def run(args) -> dict:
                             progress=lambda m: print(f"  {name} {m}", file=sys.stderr, flush=True) if args.verbose else None)
             training.setdefault(name, []).append({"fold": k, "seconds": time.perf_counter() - start, **relearner.summary})
             timed = name == "C6"
-            for entry in held:
-                seen = _entry_keys(builder, store)
-                wrap_seconds: dict[str, list[float]] = defaultdict(list)
-                start = time.perf_counter()
-                outcome = relearn_image(relearner, entry, builder, store, device, wrap_seconds)
-                wall = time.perf_counter() - start
+            seen = _entry_keys(builder, store)
+            wrap_seconds: dict[str, list[float]] = defaultdict(list)
+            start = time.perf_counter()
+            outcomes = list(relearn_images(relearner, held, builder, store, device, wrap_seconds))
+            wall = time.perf_counter() - start
+            for entry, outcome in zip(held, outcomes):
+                scorers[name].step(k, outcome.saliency, gts[entry.hash])
+            if not timed:
+                continue
+            wrapped += len(held)
+            if k == 0:
+                first_fold_wall.append(wall / max(len(held), 1))
+            for stage, value in _new_entry_seconds(builder, store, seen).items():
+                stage_seconds[stage] += value
+            for stage, values in wrap_seconds.items():
+                stage_seconds[stage] += sum(values)
+            for entry, outcome in zip(held, outcomes):
                 gt = gts[entry.hash]
-                scorers[name].step(k, outcome.saliency, gt)
-                if not timed:
-                    continue
-                wrapped += 1
-                if k == 0:
-                    first_fold_wall.append(wall)
                 relearned_images += outcome.relearned
-                for stage, value in _new_entry_seconds(builder, store, seen).items():
-                    stage_seconds[stage] += value
-                for stage, values in wrap_seconds.items():
-                    stage_seconds[stage] += sum(values)
                 base_map = store.evidence(entry, builder).base_map
                 scorers["base"].step(k, base_map, gt)
                 changed.step(quantised(base_map), quantised(outcome.saliency), gt)
@@ -269,7 +272,8 @@ def markdown(result: dict) -> str:
     for name, block in result["fold_spread"].items():
         for key, d in block.items():
             lines.append(f"- {name} {key}: {d['mean']:+.4f} ± {d['std']:.4f} [{d['min']:+.4f}, {d['max']:+.4f}]")
-    lines += ["", "Seconds per image of wrap by stage (compute time, cache entries included):", ""]
+    lines += ["", "Seconds per image of wrap by stage (compute time of one worker, cache entries included; wrap runs "
+              f"{result['torch_threads']} images side by side, see relearn_wrap_wall_first_fold for the wall clock):", ""]
     lines += [f"- {stage}: {value:.3f}" for stage, value in result["seconds_per_image"].items()]
     return "\n".join(lines) + "\n"
 

@@ -34,9 +34,11 @@ import os
 import time
 import warnings
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -441,6 +443,36 @@ def relearn_image(relearner: Relearner, target: ImageEntry, builder: Corresponde
     return WrapOutcome(target, saliency, True, int(rows.sum()))
 
 
+@contextmanager
+def _images_side_by_side(targets: int, device: str):
+    """How many images to wrap at once: on CPU, one per thread torch may use, each on one torch thread (the stages'
+    kernels release the GIL, and single-threaded stages such as EdgeBoxes, SLIC and the dense CRFs then no longer
+    leave cores idle); on another device, one at a time. Torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, targets)) if torch.device(device).type == "cpu" else 1
+    if workers > 1:
+        torch.set_num_threads(1)
+    try:
+        yield workers
+    finally:
+        torch.set_num_threads(threads)
+
+
+def relearn_images(relearner: Relearner, targets: list[ImageEntry], builder: CorrespondenceBuilder,
+                   store: EvidenceStore, device: str = "cpu", seconds: dict | None = None) -> Iterator[WrapOutcome]:
+    """Our(X) of each target, in order (``relearn_image`` on several images at once where the device allows; the
+    outcomes do not depend on how many run together)."""
+    seconds = seconds if seconds is not None else defaultdict(list)
+    with _images_side_by_side(len(targets), device) as workers:
+        if workers == 1:
+            for target in targets:
+                yield relearn_image(relearner, target, builder, store, device, seconds)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            yield from pool.map(lambda target: relearn_image(relearner, target, builder, store, device, seconds),
+                                targets)
+
+
 def save_checkpoint(relearner: Relearner, path: str | os.PathLike) -> None:
     """Write the re-learner (weights, configuration, base name, package version) to ``path`` atomically."""
     payload = {
@@ -646,11 +678,10 @@ def wrap(adapter, relearner: Relearner, images_dir, out_dir, pools: Iterable = (
     report.pool_size = len(pool)
     builder = CorrespondenceBuilder(pool, cache, relearner.config.correspondence, device)
     store = EvidenceStore(maps, relearner.config.backbone, cache, device)
-    for number, entry in enumerate(todo, 1):
-        if entry.hash not in maps:
-            continue
+    todo = [e for e in todo if e.hash in maps]
+    for number, outcome in enumerate(relearn_images(relearner, todo, builder, store, device, seconds), 1):
+        entry = outcome.entry
         progress(f"wrap {number}/{len(todo)} {entry.name}")
-        outcome = relearn_image(relearner, entry, builder, store, device, seconds)
         write_map(out_dir / f"{entry.name}.png", outcome.saliency)
         report.written.append(entry.name)
         if not outcome.relearned:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,30 @@ def test_wrap_resumes_and_skips_existing_maps(tiny, dss, trained, wrapped, cache
     assert sorted(report.already_done) == sorted(set(STEMS) - {STEMS[2]})
     assert kept.stat().st_mtime == 1
     np.testing.assert_array_equal(read_map(copy / f"{STEMS[2]}.png"), read_map(out / f"{STEMS[2]}.png"))
+
+
+def test_images_wrapped_side_by_side_give_the_same_maps(tiny, dss, trained, wrapped, tmp_path, monkeypatch):
+    """With two torch threads, wrap runs two images at once, each on one thread: the maps are those of one at a time."""
+    from relearn_core import pipeline
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return relearn_image(*args, **kwargs)
+
+    relearn_image = pipeline.relearn_image
+    monkeypatch.setattr(pipeline, "relearn_image", recording)
+    torch.set_num_threads(2)
+    try:
+        report = run_wrap(tiny, dss, trained[0], tmp_path / "out", tmp_path / "cache")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert len({thread for thread, _ in seen}) == 2 and {threads for _, threads in seen} == {1}
+    assert sorted(report.written) == sorted(STEMS) and report.kept_base == wrapped[1].kept_base
+    for stem in STEMS:
+        np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(wrapped[0] / f"{stem}.png"))
 
 
 def test_checkpoint_for_another_base_or_version_is_refused(trained, tmp_path):
