@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -154,41 +155,36 @@ def split_groups(groups: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 
 def train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig = JointConfig(), device: str = "cpu",
-                groups: np.ndarray | None = None) -> tuple[JointRelearner, list[list[float]]]:
+                held_out: np.ndarray | None = None,
+                held_out_error: Callable[["JointRelearner"], float] | None = None) -> tuple["JointRelearner", list[list[float]]]:
     """Train the M classifiers and the joint classifier on ``pairs`` with saliency targets Z (N,) in [0, 1].
 
-    With ``groups`` (the training image of each row) and ``config.validation_share`` > 0, that share of the images is
-    held out and the epoch (0 = the untrained residual, i.e. the base's own logit) with the lowest validation loss of
-    the joint classifier is kept: the training images alone decide how far the re-learner moves the base.
-    Returns the model and, per epoch, the classifiers' errors e_m used for alpha_m.
+    With ``held_out`` (bool (N,): the rows of the training images kept for validation, see ``split_groups``), the
+    model trains on the other rows, and the epoch with the lowest ``held_out_error(model)`` is kept, epoch 0 (the
+    untrained residual: the base itself) included: the training images alone decide how far, if at all, the
+    re-learner moves the base. Returns the model and, per epoch, the classifiers' errors e_m used for alpha_m.
     """
+    if held_out is not None and held_out.any() and held_out_error is None:
+        raise RelearnError("train_joint: rows are held out but no held_out_error tells how to score them")
     with one_cpu_thread(device):
-        return _train_joint(pairs, target, config, device, groups)
+        return _train_joint(pairs, target, config, device, held_out, held_out_error)
 
 
 def _rows(pairs: PairBatch, rows: np.ndarray) -> PairBatch:
     return PairBatch(pairs.cf[rows], pairs.similarity[rows], pairs.keep[rows], pairs.prior[rows])
 
 
-@torch.no_grad()
-def _joint_loss(model: JointRelearner, tensors, z) -> float:
-    model.eval()
-    joint, _ = model(*tensors)
-    return nn.functional.binary_cross_entropy_with_logits(joint, z).item()
-
-
-def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, device: str,
-                 groups: np.ndarray | None) -> tuple[JointRelearner, list[list[float]]]:
+def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, device: str, held_out: np.ndarray | None,
+                 held_out_error: Callable[["JointRelearner"], float] | None) -> tuple["JointRelearner", list[list[float]]]:
     if pairs.keep.shape[1] != config.neighbours:
         raise RelearnError(f"the joint model has M={config.neighbours} classifiers but the pairs hold {pairs.keep.shape[1]} per target")
     if len(pairs) == 0:
         raise RelearnError("no target instances to re-learn from (no unsure superpixel with a kept neighbour pair)")
     torch.manual_seed(config.seed)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    validation = split_groups(groups, config.validation_share, config.seed) if groups is not None else np.zeros(len(pairs), bool)
-    held_tensors = _rows(pairs, validation).tensors(device)
-    held_z = torch.as_tensor(np.asarray(target)[validation], dtype=torch.float32, device=device)
-    pairs, target = _rows(pairs, ~validation), np.asarray(target)[~validation]
+    validating = held_out is not None and bool(held_out.any())
+    if validating:
+        pairs, target = _rows(pairs, ~held_out), np.asarray(target)[~held_out]
     tensors = pairs.tensors(device)
     z = torch.as_tensor(target, dtype=torch.float32, device=device)
     model = JointRelearner(pairs.cf.shape[2], config).to(device)
@@ -196,8 +192,7 @@ def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, devi
     model.standardise.fit(kept_pairs if len(kept_pairs) > 1 else tensors[0].reshape(-1, tensors[0].shape[-1]))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     history = []
-    validating = bool(validation.any())
-    best = (_joint_loss(model, held_tensors, held_z), copy.deepcopy(model.state_dict())) if validating else None
+    best = (held_out_error(model.eval()), copy.deepcopy(model.state_dict())) if validating else None
     for _ in range(config.epochs):
         errors = classifier_errors(model, tensors, z)
         history.append(errors.tolist())
@@ -212,9 +207,9 @@ def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, devi
             final_loss(joint, branch, batch[2], z[rows], alpha).backward()
             optimiser.step()
         if validating:
-            loss = _joint_loss(model, held_tensors, held_z)
-            if loss < best[0]:
-                best = (loss, copy.deepcopy(model.state_dict()))
+            error = held_out_error(model.eval())
+            if error < best[0]:
+                best = (error, copy.deepcopy(model.state_dict()))
     if validating:
         model.load_state_dict(best[1])
     model.eval()

@@ -23,6 +23,10 @@ Design choices (why, briefly):
 - Only superpixels where the pseudo-GT is unsure (the two CRFs disagree on at least ``min_unsure`` of the pixels) are
   re-learned, in training and at inference: elsewhere the base is trusted and kept exactly. A superpixel whose pairs the
   filter all rejects, and an image with no usable neighbour, keep the base map.
+- How far the re-learner moves the base is decided on the training images alone: a share of them is held out, and the
+  epoch whose final maps (joined with the base, as wrap writes them) have the lowest MAE there is kept, epoch 0, the
+  base itself, included (``held_out_mae``). A re-learner that does not improve the written maps of images it did not
+  train on leaves the base as it is.
 - Nothing is chosen on the images being wrapped: every setting is fixed in the configuration before training.
 """
 
@@ -50,7 +54,7 @@ from .correspondence import CorrespondenceBuilder, CorrespondenceParams, ImageEn
 from .errors import InputError, RelearnError
 from .features import DEFAULT_BACKBONE, superpixel_features
 from .imageio import atomic_write_bytes, images_in, list_by_stem, read_mask, write_map
-from .joint import JointConfig, JointRelearner, PairBatch, predict_joint, train_joint
+from .joint import JointConfig, JointRelearner, PairBatch, predict_joint, split_groups, train_joint
 from .pair_filter import (
     FilterConfig,
     PairFilter,
@@ -372,7 +376,8 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
         # only the re-learned superpixels' pairs are kept: all pairs of every image do not fit in memory with VGG features
         region = relearn_region(evidence, config.min_unsure) & pairs.valid.any(1)
         joint_parts.append((pairs.cf[region], pairs.similarity[region], pairs.valid[region],
-                            prior_logit(evidence.base_mean[region]), facts.salient_share[region]))
+                            prior_logit(evidence.base_mean[region]), facts.salient_share[region],
+                            np.flatnonzero(region), evidence, gt))
     if not joint_parts:
         raise RelearnError("no training image has a usable neighbour in the pool: give a larger --pool")
     filter_cf = np.concatenate(filter_cf)
@@ -388,22 +393,51 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
     summary["filter"] = pair_filter is not None
     del filter_cf
     relearner = Relearner(base, config, pair_filter, None, joint_parts[0][0].shape[2], summary)  # type: ignore[arg-type]
-    batches, targets_z, groups = [], [], []
-    for number, (cf, similarity, valid, prior, salient_share) in enumerate(joint_parts):
+    batches, targets_z, groups, superpixel_ids, images = [], [], [], [], []
+    for cf, similarity, valid, prior, salient_share, ids, evidence, gt in joint_parts:
         keep = relearner.keep(cf, valid, device)
         rows = keep.any(1)
         if rows.any():
             batches.append(PairBatch(cf[rows], similarity[rows].astype(np.float32), keep[rows], prior[rows]))
             targets_z.append(salient_share[rows])
-            groups.append(np.full(int(rows.sum()), number))
+            groups.append(np.full(int(rows.sum()), len(images)))
+            superpixel_ids.append(ids[rows])
+            images.append((evidence, gt))
     if not batches:
         raise RelearnError("no unsure superpixel of the training images has a kept neighbour pair: nothing to re-learn")
     batch = PairBatch(*(np.concatenate(parts) for parts in zip(*((b.cf, b.similarity, b.keep, b.prior) for b in batches))))
+    groups, superpixel_ids = np.concatenate(groups), np.concatenate(superpixel_ids)
+    held_out = split_groups(groups, config.joint.validation_share, config.joint.seed)
     summary["relearned_superpixels"] = len(batch)
+    summary["validation_images"] = len(np.unique(groups[held_out]))
     progress(f"joint re-learning on {len(batch)} superpixels")
-    relearner.joint, history = train_joint(batch, np.concatenate(targets_z), config.joint, device, np.concatenate(groups))
+
+    def held_out_error(model: JointRelearner) -> float:
+        return held_out_mae(model, PairBatch(*(a[held_out] for a in (batch.cf, batch.similarity, batch.keep, batch.prior))),
+                            groups[held_out], superpixel_ids[held_out], images, device)
+
+    relearner.joint, history = train_joint(batch, np.concatenate(targets_z), config.joint, device, held_out,
+                                           held_out_error)
     summary["classifier_errors"] = history[-1] if history else []
     return relearner
+
+
+def held_out_mae(model: JointRelearner, pairs: PairBatch, groups: np.ndarray, superpixel_ids: np.ndarray,
+                 images: list[tuple[ImageEvidence, np.ndarray]], device: str = "cpu") -> float:
+    """Mean absolute error to the ground truth of the final maps (the join with the base, as wrap makes them) of the
+    held-out training images, the images ``images[g]`` of the rows' groups ``g``: what the epoch is chosen by, so that
+    a re-learner whose corrections do not make the written maps better stays at the base."""
+    scores = predict_joint(model, pairs, device)
+    errors = []
+    for group in np.unique(groups):
+        evidence, gt = images[group]
+        rows = groups == group
+        relearned = np.full(evidence.superpixels.count, np.nan)
+        relearned[superpixel_ids[rows]] = scores[rows]
+        saliency = join_with_base(evidence.entry.image, evidence.base_map, evidence.superpixels, relearned,
+                                  evidence.pseudo_gt)
+        errors.append(np.abs(saliency - gt).mean())
+    return float(np.mean(errors))
 
 
 @dataclass

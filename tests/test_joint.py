@@ -14,6 +14,7 @@ from relearn_core.joint import (
     boosting_weights,
     final_loss,
     predict_joint,
+    split_groups,
     train_joint,
 )
 
@@ -92,8 +93,24 @@ def test_with_nothing_to_learn_validation_keeps_the_base_prior(rng):
     pairs = PairBatch(rng.normal(size=(n, 5, 6)).astype(np.float32), np.ones((n, 5), np.float32),
                       np.ones((n, 5), bool), np.where(rng.random(n) < 0.5, 2.0, -2.0).astype(np.float32))
     z = (pairs.prior > 0).astype(np.float32)  # the base is right on every superpixel
-    groups = np.repeat(np.arange(20), n // 20)
-    model, _ = train_joint(pairs, z, JointConfig(hidden=(16, 8), epochs=5, batch_size=64, validation_share=0.25), groups=groups)
+    config = JointConfig(hidden=(16, 8), epochs=5, batch_size=64, validation_share=0.25)
+    held_out = split_groups(np.repeat(np.arange(20), n // 20), config.validation_share, config.seed)
+    held = PairBatch(*(a[held_out] for a in (pairs.cf, pairs.similarity, pairs.keep, pairs.prior)))
+    scored = []
+
+    def held_out_error(model):
+        scored.append(float(np.abs(predict_joint(model, held) - z[held_out]).mean()))
+        return scored[-1]
+
+    model, _ = train_joint(pairs, z, config, held_out=held_out, held_out_error=held_out_error)
+    assert len(scored) == config.epochs + 1 and held_out.sum() == n // 4
     p = predict_joint(model, pairs)
     base = 1 / (1 + np.exp(-pairs.prior))
     assert np.abs(p - z).mean() <= np.abs(base - z).mean() + 1e-6
+    np.testing.assert_allclose(held_out_error(model), min(scored[:-1]))
+
+
+def test_held_out_rows_need_an_error_to_be_scored_by(rng):
+    pairs, z = synthetic_pairs(rng, n=40, m=5)
+    with pytest.raises(RelearnError, match="held_out_error"):
+        train_joint(pairs, z, JointConfig(epochs=1), held_out=np.arange(40) < 10)

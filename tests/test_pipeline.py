@@ -18,7 +18,7 @@ from relearn_core.cache import Cache
 from relearn_core.cli import main
 from relearn_core.correspondence import CorrespondenceBuilder, read_pool
 from relearn_core.errors import InputError, RelearnError
-from relearn_core.imageio import read_image, read_map
+from relearn_core.imageio import read_image, read_map, read_mask
 from relearn_core.pipeline import RelearnConfig, load_checkpoint, train, wrap
 from relearn_core.pseudo_gt import bilevel_pseudo_gt
 
@@ -246,3 +246,37 @@ def test_training_without_any_labelled_image_says_so(tiny, dss, config, cache_di
     with pytest.raises(RelearnError, match="has both a base map and ground truth"):
         train(dss, tiny / "images", empty, tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
               cache=Cache(cache_dir))
+
+
+def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_images(tiny, config, cache_dir):
+    """Epoch 0 of the epoch choice is the base itself: held_out_mae of the untrained model is the base maps' MAE."""
+    from relearn_core.correspondence import read_entry
+    from relearn_core.joint import JointRelearner, PairBatch
+    from relearn_core.pipeline import (EvidenceStore, _with_neighbours, held_out_mae, instance_pairs, prior_logit,
+                                       relearn_region)
+
+    entries = [read_entry(tiny / "images" / f"{stem}.png") for stem in STEMS]
+    maps = {e.hash: read_map(tiny / "maps" / f"{e.name}.png").astype(np.float32) for e in entries}
+    builder = CorrespondenceBuilder(entries, Cache(cache_dir), config.correspondence)
+    store = EvidenceStore(maps, config.backbone, Cache(cache_dir))
+    parts, groups, ids, images = [], [], [], []
+    for entry in entries[:3]:
+        evidence = store.evidence(entry, builder)
+        correspondences, neighbours = _with_neighbours(entry, builder, store)
+        pairs = instance_pairs(evidence, neighbours, correspondences, config.joint.neighbours, config.alignment)
+        rows = relearn_region(evidence, config.min_unsure) & pairs.valid.any(1)
+        parts.append(PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), pairs.valid[rows],
+                               prior_logit(evidence.base_mean[rows])))
+        groups.append(np.full(int(rows.sum()), len(images)))
+        ids.append(np.flatnonzero(rows))
+        images.append((evidence, read_mask(tiny / "gt" / f"{entry.name}.png")))
+    batch = PairBatch(*(np.concatenate(a) for a in zip(*((p.cf, p.similarity, p.keep, p.prior) for p in parts))))
+    assert len(np.unique(np.concatenate(groups))) == 3
+    untrained = JointRelearner(batch.cf.shape[2], config.joint)
+    error = held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images)
+    base_error = np.mean([np.abs(evidence.base_map - gt).mean() for evidence, gt in images])
+    assert error == pytest.approx(base_error, abs=1e-5)
+    # a re-learner that calls every re-learned superpixel background changes the error
+    with torch.no_grad():
+        untrained.prior_bias.fill_(-20.0)
+    assert abs(held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images) - base_error) > 1e-4
