@@ -10,11 +10,12 @@ DATA=${RELEARN_DATA:-../shared/data}
 OUT=benchmarks/results
 JOBS=${1:-1}
 PY=${PYTHON:-python}
+CORES=$(nproc)  # before OMP_NUM_THREADS=1, which nproc reports instead
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 run() {  # one relearn_cv.py run per line of stdin, JOBS at a time
   xargs -P "$JOBS" -I{} sh -c "$PY benchmarks/relearn_cv.py --data $DATA/SOD --folds 5 --seed 0 --no-ablation \\
-    --machine \"$(nproc)-core CPU, $JOBS runs at a time\" {} > /dev/null"
+    --machine \"$CORES-core CPU, $JOBS runs at a time\" {} > /dev/null"
 }
 # first one run per pool (SOD alone; SOD + BSDS500-pool): they fill the correspondence cache the others reuse
 printf '%s\n' "--base dss --maps $DATA/SOD/maps/DSS --backbone handcrafted --out $OUT/relearn_cv_dss_handcrafted.json" \
@@ -28,6 +29,6 @@ runs=("--base mbplus --pool $DATA/BSDS500-pool --backbone handcrafted --out $OUT
 printf '%s\n' "${runs[@]}" | run
 # the paper's Fig. 11 ablation once, on the base that can use the extra pool (C5 and C6 enlarge it)
 $PY benchmarks/relearn_cv.py --data "$DATA/SOD" --base u2netp --pool "$DATA/BSDS500-pool" --folds 5 --seed 0 \
-  --out $OUT/relearn_cv_u2netp_ablation.json > /dev/null
+  --machine "$CORES-core CPU, alone" --out $OUT/relearn_cv_u2netp_ablation.json > /dev/null
 $PY benchmarks/relearn_cv_summary.py $OUT/relearn_cv_{dss,amulet,u2netp,mbplus}_{handcrafted,vgg16-hed}.json \
   --out $OUT/relearn_cv_summary.json
