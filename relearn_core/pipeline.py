@@ -39,10 +39,9 @@ import time
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -341,6 +340,29 @@ class Relearner:
         return keep
 
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def side_by_side(work: Callable[[Item], Result], images: list[Item], device: str) -> Iterator[Result]:
+    """``work(image)`` of each image (or item naming one), in order. On CPU, as many images at once as torch may use
+    threads, each on one torch thread: the stages' kernels release the GIL, and single-threaded stages (EdgeBoxes,
+    SLIC, the dense CRFs) then no longer leave cores idle; on another device, one at a time. Torch's thread count is
+    restored afterwards. Every stage gives the same result whatever the number of images at once
+    (tests/test_pipeline.py)."""
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, len(images))) if torch.device(device).type == "cpu" else 1
+    if workers == 1:
+        yield from map(work, images)
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            yield from pool.map(work, images)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _with_neighbours(target: ImageEntry, builder: CorrespondenceBuilder, store: EvidenceStore):
     correspondences = builder.correspondences(target)
     neighbours = [store.evidence(c.neighbour, builder) for c in correspondences]
@@ -356,28 +378,37 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
     summary_counts = {"pairs": 0, "positive_pairs": 0}
     # negatives are plentiful: keep a share per image so the pool stays small with wide (VGG) features
     negative_cap = max(50, int(np.ceil(2 * config.filter.negatives / max(len(targets), 1))))
-    for number, target in enumerate(targets, 1):
-        progress(f"pairs {number}/{len(targets)} {target.name}")
+
+    def training_pairs(numbered: tuple[int, ImageEntry]):
+        """The pair filter's candidates and labels, and the joint re-learner's rows, of one training image."""
+        number, target = numbered
         gt = ground_truth[target.hash]
         evidence = store.evidence(target, builder)
         correspondences, neighbours = _with_neighbours(target, builder, store)
         if not neighbours:
-            continue
+            return None
         pairs = instance_pairs(evidence, neighbours, correspondences, m, config.alignment)
         facts = target_instances(evidence.superpixels.labels, gt, evidence.pseudo_gt.salient, evidence.pseudo_gt.background)
         pair_iou = aligned_iou(facts.gt_class[:, None], facts.class_share[:, None],
                                pairs.aligned_share("trusted_salient"), pairs.aligned_share("trusted_background"))
         labels = table1_labels(facts.pgt_iou, pair_iou)[pairs.valid]
         chosen = _filter_candidates(labels, negative_cap, np.random.RandomState(config.filter.seed + number))
-        filter_cf.append(pairs.cf[pairs.valid][chosen])
-        filter_labels.append(labels[chosen])
-        summary_counts["pairs"] += len(labels)
-        summary_counts["positive_pairs"] += int(labels.sum())
         # only the re-learned superpixels' pairs are kept: all pairs of every image do not fit in memory with VGG features
         region = relearn_region(evidence, config.min_unsure) & pairs.valid.any(1)
-        joint_parts.append((pairs.cf[region], pairs.similarity[region], pairs.valid[region],
-                            prior_logit(evidence.base_mean[region]), facts.salient_share[region],
-                            np.flatnonzero(region), evidence, gt))
+        return (pairs.cf[pairs.valid][chosen], labels[chosen], len(labels), int(labels.sum()),
+                (pairs.cf[region], pairs.similarity[region], pairs.valid[region], prior_logit(evidence.base_mean[region]),
+                 facts.salient_share[region], np.flatnonzero(region), evidence, gt))
+
+    for number, found in enumerate(side_by_side(training_pairs, list(enumerate(targets, 1)), device), 1):
+        progress(f"pairs {number}/{len(targets)} {targets[number - 1].name}")
+        if found is None:
+            continue
+        candidates, labels, pair_count, positive_count, joint_part = found
+        filter_cf.append(candidates)
+        filter_labels.append(labels)
+        summary_counts["pairs"] += pair_count
+        summary_counts["positive_pairs"] += positive_count
+        joint_parts.append(joint_part)
     if not joint_parts:
         raise RelearnError("no training image has a usable neighbour in the pool: give a larger --pool")
     filter_cf = np.concatenate(filter_cf)
@@ -477,34 +508,13 @@ def relearn_image(relearner: Relearner, target: ImageEntry, builder: Corresponde
     return WrapOutcome(target, saliency, True, int(rows.sum()))
 
 
-@contextmanager
-def _images_side_by_side(targets: int, device: str):
-    """How many images to wrap at once: on CPU, one per thread torch may use, each on one torch thread (the stages'
-    kernels release the GIL, and single-threaded stages such as EdgeBoxes, SLIC and the dense CRFs then no longer
-    leave cores idle); on another device, one at a time. Torch's thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    workers = max(1, min(threads, targets)) if torch.device(device).type == "cpu" else 1
-    if workers > 1:
-        torch.set_num_threads(1)
-    try:
-        yield workers
-    finally:
-        torch.set_num_threads(threads)
-
-
 def relearn_images(relearner: Relearner, targets: list[ImageEntry], builder: CorrespondenceBuilder,
                    store: EvidenceStore, device: str = "cpu", seconds: dict | None = None) -> Iterator[WrapOutcome]:
     """Our(X) of each target, in order (``relearn_image`` on several images at once where the device allows; the
     outcomes do not depend on how many run together)."""
     seconds = seconds if seconds is not None else defaultdict(list)
-    with _images_side_by_side(len(targets), device) as workers:
-        if workers == 1:
-            for target in targets:
-                yield relearn_image(relearner, target, builder, store, device, seconds)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            yield from pool.map(lambda target: relearn_image(relearner, target, builder, store, device, seconds),
-                                targets)
+    yield from side_by_side(lambda target: relearn_image(relearner, target, builder, store, device, seconds), targets,
+                            device)
 
 
 def save_checkpoint(relearner: Relearner, path: str | os.PathLike) -> None:

@@ -156,6 +156,19 @@ def test_images_wrapped_side_by_side_give_the_same_maps(tiny, dss, trained, wrap
         np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(wrapped[0] / f"{stem}.png"))
 
 
+def test_training_images_side_by_side_gives_the_same_re_learner(tiny, dss, config, trained, tmp_path):
+    torch.set_num_threads(2)
+    try:
+        train(dss, tiny / "images", tiny / "gt", tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
+              cache=Cache(tmp_path / "cache"))
+    finally:
+        torch.set_num_threads(1)
+    one, two = load_checkpoint(trained[0], "dss"), load_checkpoint(tmp_path / "m.pt", "dss")
+    assert one.summary == two.summary
+    for name, value in one.joint.state_dict().items():
+        torch.testing.assert_close(two.joint.state_dict()[name], value, rtol=0, atol=0)
+
+
 def test_checkpoint_for_another_base_or_version_is_refused(trained, tmp_path):
     path, _ = trained
     with pytest.raises(InputError, match="trained for base 'dss', not 'amulet'"):
