@@ -387,6 +387,23 @@ def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_pa
     report = train(base.adapter(), images_dir, gt_dir, out_path, pools, options=base.options(), config=config,
                    device=device, cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
     _echo_run_report(report, f"wrote {out_path}")
+    from .pipeline import load_checkpoint
+
+    _echo_held_out(load_checkpoint(out_path))
+
+
+def _echo_held_out(relearner) -> None:
+    """What the held-out training images said of the re-learner (the epoch choice of relearn_core/pipeline.py)."""
+    held = relearner.summary.get("held_out_mae")
+    if held is None:
+        return
+    images = relearner.summary.get("validation_images", 0)
+    if relearner.keeps_base:
+        click.echo(f"relearn: on its {images} held-out training images no epoch made the maps better than the base "
+                   f"(MAE {held['base']:.4f}): this re-learner keeps the base maps as they are", err=True)
+    else:
+        click.echo(f"relearn: on its {images} held-out training images the re-learner (epoch {held['epoch']}) brings "
+                   f"the MAE of the maps from {held['base']:.4f} to {held['relearned']:.4f}", err=True)
 
 
 @main.command("wrap")
@@ -412,6 +429,7 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, quiet):
     adapter = base.adapter()
     device = resolve_device(base.device)
     relearner = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(adapter.name), adapter.name, device)
+    _echo_held_out(relearner)
     report = wrap(adapter, relearner, images_dir, out_dir, pools, options=base.options(), device=device,
                   cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
     _echo_run_report(report, f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "

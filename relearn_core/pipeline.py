@@ -331,6 +331,12 @@ class Relearner:
     pair_features: int
     summary: dict = field(default_factory=dict)  #: counts from training (images, pairs, positives, ...)
 
+    @property
+    def keeps_base(self) -> bool:
+        """True when training chose epoch 0: no epoch made the held-out training images' maps better than the base's,
+        so the re-learner leaves every map as the base made it."""
+        return self.summary.get("held_out_mae", {}).get("epoch") == 0
+
     def keep(self, cf: np.ndarray, valid: np.ndarray, device: str) -> np.ndarray:
         """delta of Eq. (6) for every pair (N, M) of pair features ``cf``: the filter's decision on valid pairs."""
         if self.pair_filter is None:
@@ -443,13 +449,20 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
     summary["validation_images"] = len(np.unique(groups[held_out]))
     progress(f"joint re-learning on {len(batch)} superpixels")
 
+    held_out_errors = []  # epoch 0 (the base), 1, 2, ...
+
     def held_out_error(model: JointRelearner) -> float:
-        return held_out_mae(model, PairBatch(*(a[held_out] for a in (batch.cf, batch.similarity, batch.keep, batch.prior))),
-                            groups[held_out], superpixel_ids[held_out], images, device)
+        held_out_errors.append(held_out_mae(
+            model, PairBatch(*(a[held_out] for a in (batch.cf, batch.similarity, batch.keep, batch.prior))),
+            groups[held_out], superpixel_ids[held_out], images, device))
+        return held_out_errors[-1]
 
     relearner.joint, history = train_joint(batch, np.concatenate(targets_z), config.joint, device, held_out,
                                            held_out_error)
     summary["classifier_errors"] = history[-1] if history else []
+    if held_out_errors:
+        epoch = int(np.argmin(held_out_errors))
+        summary["held_out_mae"] = {"base": held_out_errors[0], "relearned": held_out_errors[epoch], "epoch": epoch}
     return relearner
 
 

@@ -98,6 +98,9 @@ def test_train_writes_a_checkpoint_for_the_base(trained, config):
     assert relearner.config == config
     assert relearner.summary["targets"] == len(STEMS)
     assert relearner.summary["relearned_superpixels"] > 0
+    held = relearner.summary["held_out_mae"]  # one of the six images held out; epoch 0 is the base itself
+    assert relearner.summary["validation_images"] == 1 and 0 <= held["epoch"] <= config.joint.epochs
+    assert held["relearned"] <= held["base"] and relearner.keeps_base == (held["epoch"] == 0)
     assert report.pool_size == len(STEMS) and not report.missing_gt and not report.base_failures
 
 
@@ -243,8 +246,10 @@ def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
     result = runner.invoke(main, ["train", *common, "--images", str(tiny / "images"), "--gt", str(tiny / "gt"),
                                   "--config", str(config_file), "--out", str(model), "-q"])
     assert result.exit_code == 0, result.output
+    assert "held-out training images" in result.output
     result = runner.invoke(main, ["wrap", *common, "--images", str(tiny / "images"), "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 0, result.output
+    assert "held-out training images" in result.output
     assert sorted(p.stem for p in (tmp_path / "o").iterdir()) == sorted(STEMS)
     bad = tmp_path / "bad.yaml"
     bad.write_text("joint: {epoch: 3}\n")
