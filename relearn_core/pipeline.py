@@ -375,6 +375,25 @@ def _with_neighbours(target: ImageEntry, builder: CorrespondenceBuilder, store: 
     return correspondences, neighbours
 
 
+@dataclass
+class TrainingImage:
+    """What one training image gives: the pair filter's candidate pairs and their Table I labels, and the rows of its
+    re-learned superpixels (unsure, with a valid pair) for the joint re-learner."""
+
+    filter_cf: np.ndarray  #: (P, D) candidate pair features
+    filter_labels: np.ndarray  #: (P,) bool
+    pairs: int  #: valid pairs of the image, before sampling
+    positive_pairs: int
+    cf: np.ndarray  #: (R, M, D) pair features of the re-learned superpixels
+    similarity: np.ndarray  #: (R, M)
+    valid: np.ndarray  #: (R, M) bool
+    prior: np.ndarray  #: (R,) the base's logit
+    salient_share: np.ndarray  #: (R,) ground-truth share, the target Z
+    superpixels: np.ndarray  #: (R,) their ids
+    evidence: ImageEvidence
+    gt: np.ndarray
+
+
 def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndarray], builder: CorrespondenceBuilder,
         store: EvidenceStore, config: RelearnConfig = RelearnConfig(), device: str = "cpu",
         progress: Callable[[str], None] = lambda message: None) -> Relearner:
@@ -401,20 +420,20 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
         chosen = _filter_candidates(labels, negative_cap, np.random.RandomState(config.filter.seed + number))
         # only the re-learned superpixels' pairs are kept: all pairs of every image do not fit in memory with VGG features
         region = relearn_region(evidence, config.min_unsure) & pairs.valid.any(1)
-        return (pairs.cf[pairs.valid][chosen], labels[chosen], len(labels), int(labels.sum()),
-                (pairs.cf[region], pairs.similarity[region], pairs.valid[region], prior_logit(evidence.base_mean[region]),
-                 facts.salient_share[region], np.flatnonzero(region), evidence, gt))
+        return TrainingImage(pairs.cf[pairs.valid][chosen], labels[chosen], len(labels), int(labels.sum()),
+                             pairs.cf[region], pairs.similarity[region], pairs.valid[region],
+                             prior_logit(evidence.base_mean[region]), facts.salient_share[region],
+                             np.flatnonzero(region), evidence, gt)
 
     for number, found in enumerate(side_by_side(training_pairs, list(enumerate(targets, 1)), device), 1):
         progress(f"pairs {number}/{len(targets)} {targets[number - 1].name}")
         if found is None:
             continue
-        candidates, labels, pair_count, positive_count, joint_part = found
-        filter_cf.append(candidates)
-        filter_labels.append(labels)
-        summary_counts["pairs"] += pair_count
-        summary_counts["positive_pairs"] += positive_count
-        joint_parts.append(joint_part)
+        filter_cf.append(found.filter_cf)
+        filter_labels.append(found.filter_labels)
+        summary_counts["pairs"] += found.pairs
+        summary_counts["positive_pairs"] += found.positive_pairs
+        joint_parts.append(found)
     if not joint_parts:
         raise RelearnError("no training image has a usable neighbour in the pool: give a larger --pool")
     filter_cf = np.concatenate(filter_cf)
@@ -429,17 +448,18 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
             warnings.warn(f"pair filter not trained, every aligned pair is kept: {exc}", stacklevel=2)
     summary["filter"] = pair_filter is not None
     del filter_cf
-    relearner = Relearner(base, config, pair_filter, None, joint_parts[0][0].shape[2], summary)  # type: ignore[arg-type]
+    relearner = Relearner(base, config, pair_filter, None, joint_parts[0].cf.shape[2], summary)  # type: ignore[arg-type]
     batches, targets_z, groups, superpixel_ids, images = [], [], [], [], []
-    for cf, similarity, valid, prior, salient_share, ids, evidence, gt in joint_parts:
-        keep = relearner.keep(cf, valid, device)
+    for part in joint_parts:
+        keep = relearner.keep(part.cf, part.valid, device)
         rows = keep.any(1)
         if rows.any():
-            batches.append(PairBatch(cf[rows], similarity[rows].astype(np.float32), keep[rows], prior[rows]))
-            targets_z.append(salient_share[rows])
+            batches.append(PairBatch(part.cf[rows], part.similarity[rows].astype(np.float32), keep[rows],
+                                     part.prior[rows]))
+            targets_z.append(part.salient_share[rows])
             groups.append(np.full(int(rows.sum()), len(images)))
-            superpixel_ids.append(ids[rows])
-            images.append((evidence, gt))
+            superpixel_ids.append(part.superpixels[rows])
+            images.append((part.evidence, part.gt))
     if not batches:
         raise RelearnError("no unsure superpixel of the training images has a kept neighbour pair: nothing to re-learn")
     batch = PairBatch(*(np.concatenate(parts) for parts in zip(*((b.cf, b.similarity, b.keep, b.prior) for b in batches))))
