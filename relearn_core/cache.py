@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,10 @@ class Cache:
 
     def __init__(self, root: str | os.PathLike | None = ...):
         self.root = default_cache_dir() if root is ... else (Path(root) if root is not None else None)
+        # one lock per entry: images processed side by side often need the same neighbour's entry at the same time,
+        # and one of them computes it while the other waits for it
+        self._entry_locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     @staticmethod
     def key(hashes: tuple[str, ...] | list[str], params: dict) -> str:
@@ -57,8 +62,15 @@ class Cache:
         if arrays is not None:
             return arrays
         path = self.path(stage, hashes, params)
-        arrays = compute()
-        if path is not None:
+        if path is None:
+            return compute()
+        with self._locks_guard:
+            lock = self._entry_locks.setdefault(path, threading.Lock())
+        with lock:
+            arrays = self.load(stage, hashes, params)  # written by another thread while this one waited
+            if arrays is not None:
+                return arrays
+            arrays = compute()
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **arrays)
             atomic_write_bytes(path, buffer.getvalue())
