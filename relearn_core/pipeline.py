@@ -354,8 +354,8 @@ def side_by_side(work: Callable[[Item], Result], images: list[Item], device: str
     """``work(image)`` of each image (or item naming one), in order. On CPU, as many images at once as torch may use
     threads, each on one torch thread: the stages' kernels release the GIL, and single-threaded stages (EdgeBoxes,
     SLIC, the dense CRFs) then no longer leave cores idle; on another device, one at a time. Torch's thread count is
-    restored afterwards. Every stage gives the same result whatever the number of images at once
-    (tests/test_pipeline.py)."""
+    restored afterwards. Each image's result is the one it gets alone on one torch thread (tests/test_pipeline.py); a
+    lone image runs on all of torch's threads, where SIFT Flow's torch reductions may round differently."""
     threads = torch.get_num_threads()
     workers = max(1, min(threads, len(images))) if torch.device(device).type == "cpu" else 1
     if workers == 1:
@@ -543,8 +543,8 @@ def relearn_image(relearner: Relearner, target: ImageEntry, builder: Corresponde
 
 def relearn_images(relearner: Relearner, targets: list[ImageEntry], builder: CorrespondenceBuilder,
                    store: EvidenceStore, device: str = "cpu", seconds: dict | None = None) -> Iterator[WrapOutcome]:
-    """Our(X) of each target, in order (``relearn_image`` on several images at once where the device allows; the
-    outcomes do not depend on how many run together)."""
+    """Our(X) of each target, in order (``relearn_image`` on several images at once where the device allows, see
+    ``side_by_side``)."""
     seconds = seconds if seconds is not None else defaultdict(list)
     yield from side_by_side(lambda target: relearn_image(relearner, target, builder, store, device, seconds), targets,
                             device)
