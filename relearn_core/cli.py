@@ -345,7 +345,8 @@ def _echo_run_report(report, what: str) -> None:
         click.echo(f"relearn: {len(report.missing_gt)} training images have no ground truth (skipped as targets, "
                    f"kept in the pool): {', '.join(report.missing_gt)}", err=True)
     stages = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in report.seconds.items())
-    click.echo(f"{what}; pool of {report.pool_size} images; time by stage: {stages or 'all cached'}")
+    pool = f"; pool of {report.pool_size} images" if report.pool_size else ""
+    click.echo(f"{what}{pool}; time by stage: {stages or 'all cached'}")
 
 
 def _progress(quiet: bool):
@@ -432,8 +433,9 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, quiet):
     _echo_held_out(relearner)
     report = wrap(adapter, relearner, images_dir, out_dir, pools, options=base.options(), device=device,
                   cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
+    why = "the re-learner keeps the base" if relearner.keeps_base else "no usable neighbour or nothing unsure"
     _echo_run_report(report, f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "
-                              f"({len(report.kept_base)} kept the base map: no usable neighbour or nothing unsure; "
+                              f"({len(report.kept_base)} kept the base map: {why}; "
                               f"{len(report.already_done)} were already there)")
     if report.base_failures or report.unreadable:
         sys.exit(1)

@@ -732,7 +732,8 @@ def wrap(adapter, relearner: Relearner, images_dir, out_dir, pools: Iterable = (
     """``relearn wrap``: write Our(X) maps of the images (PNG, same stems) into ``out_dir``.
 
     Without ``pools`` the other input images are the pool (an image is never its own neighbour). Maps already in
-    ``out_dir`` are kept (an interrupted run resumes); images with no usable neighbour keep their base map.
+    ``out_dir`` are kept (an interrupted run resumes); images with no usable neighbour keep their base map, and so do
+    all images when the re-learner keeps the base (``Relearner.keeps_base``: then nothing beyond the base runs).
     """
     if relearner.base != adapter.name:
         raise RelearnError(f"the re-learner was trained for base {relearner.base!r}, not {adapter.name!r}")
@@ -749,19 +750,29 @@ def wrap(adapter, relearner: Relearner, images_dir, out_dir, pools: Iterable = (
     entries = read_entries(image_files(images_dir), report)
     report.already_done = [e.name for e in entries if (out_dir / f"{e.name}.png").exists()]
     todo = [e for e in entries if not (out_dir / f"{e.name}.png").exists()]
-    pool_entries = _unique(read_entries([p for folder in pools for p in image_files(folder)], report)) if pools else entries
+    # a re-learner whose held-out training images chose the base changes no map: it needs no pool or correspondence
+    relearning = not relearner.keeps_base
+    pool_entries = []
+    if relearning:
+        pool_entries = _unique(read_entries([p for folder in pools for p in image_files(folder)], report)) if pools else entries
     maps = base_maps_for(adapter, _unique(todo + pool_entries), options, device, cache, report, seconds)
-    pool = [e for e in pool_entries if e.hash in maps]
-    report.pool_size = len(pool)
-    builder = CorrespondenceBuilder(pool, cache, relearner.config.correspondence, device)
-    store = EvidenceStore(maps, relearner.config.backbone, cache, device)
     todo = [e for e in todo if e.hash in maps]
-    for number, outcome in enumerate(relearn_images(relearner, todo, builder, store, device, seconds), 1):
+    timings: list[Mapping] = [seconds]
+    if relearning:
+        pool = [e for e in pool_entries if e.hash in maps]
+        report.pool_size = len(pool)
+        builder = CorrespondenceBuilder(pool, cache, relearner.config.correspondence, device)
+        store = EvidenceStore(maps, relearner.config.backbone, cache, device)
+        outcomes = relearn_images(relearner, todo, builder, store, device, seconds)
+        timings += [builder.seconds, store.seconds]
+    else:
+        outcomes = (WrapOutcome(entry, maps[entry.hash], False) for entry in todo)
+    for number, outcome in enumerate(outcomes, 1):
         entry = outcome.entry
         progress(f"wrap {number}/{len(todo)} {entry.name}")
         write_map(out_dir / f"{entry.name}.png", outcome.saliency)
         report.written.append(entry.name)
         if not outcome.relearned:
             report.kept_base.append(entry.name)
-    report.seconds = _stage_totals(seconds, builder.seconds, store.seconds)
+    report.seconds = _stage_totals(*timings)
     return report

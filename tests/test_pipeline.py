@@ -298,3 +298,15 @@ def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_ima
     with torch.no_grad():
         untrained.prior_bias.fill_(-20.0)
     assert abs(held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images) - base_error) > 1e-4
+
+
+def test_a_re_learner_that_kept_the_base_writes_the_base_maps_and_computes_nothing_else(tiny, dss, trained, tmp_path):
+    relearner = load_checkpoint(trained[0], "dss")
+    relearner.summary["held_out_mae"] = {**relearner.summary["held_out_mae"], "epoch": 0}
+    assert relearner.keeps_base
+    report = wrap(dss, relearner, tiny / "images", tmp_path / "out", options={"maps": str(tiny / "maps")},
+                  cache=Cache(tmp_path / "cache"))
+    assert sorted(report.written) == sorted(report.kept_base) == sorted(STEMS)
+    for stem in STEMS:
+        np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(tiny / "maps" / f"{stem}.png"))
+    assert not (tmp_path / "cache" / "flow").exists() and set(report.seconds) <= {"base"}
