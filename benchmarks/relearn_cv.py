@@ -22,7 +22,8 @@ disk by content hash: folds and bases share them; a rerun reuses everything (``-
 ``seconds_per_image``: compute time of each stage of wrap per held-out image on this machine (a stage served from the
 compute time stored with each cache entry, so a rerun reports the same cold times; the pool's own preprocessing is
 done during training and not counted); wrap runs as many images side by side as --threads, each on one core, so these
-add up to about --threads times ``relearn_wrap_wall_first_fold``, the wall clock per image of wrapping the first fold. C6 runs first in each fold so its held images are new to the builders.
+add up to about --threads times ``relearn_wrap_wall_first_fold``, the wall clock per image of wrapping the first fold.
+C6 runs first in each fold so its held images are new to the builders.
 Nothing is chosen on a held fold: every setting is fixed before the run.
 """
 

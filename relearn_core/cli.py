@@ -388,9 +388,7 @@ def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_pa
     report = train(base.adapter(), images_dir, gt_dir, out_path, pools, options=base.options(), config=config,
                    device=device, cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
     _echo_run_report(report, f"wrote {out_path}")
-    from .pipeline import load_checkpoint
-
-    _echo_held_out(load_checkpoint(out_path))
+    _echo_held_out(report.relearner)
 
 
 def _echo_held_out(relearner) -> None:

@@ -83,6 +83,16 @@ class PairBatch:
     def __len__(self) -> int:
         return len(self.prior)
 
+    def take(self, rows) -> "PairBatch":
+        """The batch of these rows (a bool mask, indices or a slice)."""
+        return PairBatch(self.cf[rows], self.similarity[rows], self.keep[rows], self.prior[rows])
+
+    @staticmethod
+    def joined(batches: list["PairBatch"]) -> "PairBatch":
+        """One batch of the rows of ``batches``, in order."""
+        columns = zip(*((b.cf, b.similarity, b.keep, b.prior) for b in batches))
+        return PairBatch(*(np.concatenate(column) for column in columns))
+
     def tensors(self, device) -> tuple[torch.Tensor, ...]:
         return (
             torch.as_tensor(self.cf, dtype=torch.float32, device=device),
@@ -170,10 +180,6 @@ def train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig = Join
         return _train_joint(pairs, target, config, device, held_out, held_out_error)
 
 
-def _rows(pairs: PairBatch, rows: np.ndarray) -> PairBatch:
-    return PairBatch(pairs.cf[rows], pairs.similarity[rows], pairs.keep[rows], pairs.prior[rows])
-
-
 def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, device: str, held_out: np.ndarray | None,
                  held_out_error: Callable[["JointRelearner"], float] | None) -> tuple["JointRelearner", list[list[float]]]:
     if pairs.keep.shape[1] != config.neighbours:
@@ -184,7 +190,7 @@ def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, devi
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     validating = held_out is not None and bool(held_out.any())
     if validating:
-        pairs, target = _rows(pairs, ~held_out), np.asarray(target)[~held_out]
+        pairs, target = pairs.take(~held_out), np.asarray(target)[~held_out]
     tensors = pairs.tensors(device)
     z = torch.as_tensor(target, dtype=torch.float32, device=device)
     model = JointRelearner(pairs.cf.shape[2], config).to(device)
@@ -223,7 +229,6 @@ def predict_joint(model: JointRelearner, pairs: PairBatch, device: str = "cpu", 
     out = []
     with one_cpu_thread(device):
         for start in range(0, len(pairs), batch_size):
-            part = PairBatch(*(a[start : start + batch_size] for a in (pairs.cf, pairs.similarity, pairs.keep, pairs.prior)))
-            joint, _ = model(*part.tensors(device))
+            joint, _ = model(*pairs.take(slice(start, start + batch_size)).tensors(device))
             out.append(torch.sigmoid(joint).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

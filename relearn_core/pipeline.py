@@ -462,7 +462,7 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
             images.append((part.evidence, part.gt))
     if not batches:
         raise RelearnError("no unsure superpixel of the training images has a kept neighbour pair: nothing to re-learn")
-    batch = PairBatch(*(np.concatenate(parts) for parts in zip(*((b.cf, b.similarity, b.keep, b.prior) for b in batches))))
+    batch = PairBatch.joined(batches)
     groups, superpixel_ids = np.concatenate(groups), np.concatenate(superpixel_ids)
     held_out = split_groups(groups, config.joint.validation_share, config.joint.seed)
     summary["relearned_superpixels"] = len(batch)
@@ -470,11 +470,10 @@ def fit(base: str, targets: list[ImageEntry], ground_truth: Mapping[str, np.ndar
     progress(f"joint re-learning on {len(batch)} superpixels")
 
     held_out_errors = []  # epoch 0 (the base), 1, 2, ...
+    held_pairs, held_groups, held_superpixels = batch.take(held_out), groups[held_out], superpixel_ids[held_out]
 
     def held_out_error(model: JointRelearner) -> float:
-        held_out_errors.append(held_out_mae(
-            model, PairBatch(*(a[held_out] for a in (batch.cf, batch.similarity, batch.keep, batch.prior))),
-            groups[held_out], superpixel_ids[held_out], images, device))
+        held_out_errors.append(held_out_mae(model, held_pairs, held_groups, held_superpixels, images, device))
         return held_out_errors[-1]
 
     relearner.joint, history = train_joint(batch, np.concatenate(targets_z), config.joint, device, held_out,
@@ -635,6 +634,7 @@ class RunReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     pool_size: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  #: total seconds by stage
+    relearner: Relearner | None = None  #: the re-learner trained (train)
 
 
 def read_entries(paths: Iterable[Path], report: RunReport) -> list[ImageEntry]:
@@ -723,6 +723,7 @@ def train(adapter, images_dir, gt_dir, out, pools: Iterable = (), *, options: Ma
     relearner = fit(adapter.name, targets, ground_truth, builder, store, config, device, progress)
     save_checkpoint(relearner, out)
     report.written.append(str(out))
+    report.relearner = relearner
     report.seconds = _stage_totals(seconds, builder.seconds, store.seconds)
     return report
 

@@ -95,7 +95,7 @@ def test_with_nothing_to_learn_validation_keeps_the_base_prior(rng):
     z = (pairs.prior > 0).astype(np.float32)  # the base is right on every superpixel
     config = JointConfig(hidden=(16, 8), epochs=5, batch_size=64, validation_share=0.25)
     held_out = split_groups(np.repeat(np.arange(20), n // 20), config.validation_share, config.seed)
-    held = PairBatch(*(a[held_out] for a in (pairs.cf, pairs.similarity, pairs.keep, pairs.prior)))
+    held = pairs.take(held_out)
     scored = []
 
     def held_out_error(model):

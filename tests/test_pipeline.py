@@ -288,7 +288,7 @@ def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_ima
         groups.append(np.full(int(rows.sum()), len(images)))
         ids.append(np.flatnonzero(rows))
         images.append((evidence, read_mask(tiny / "gt" / f"{entry.name}.png")))
-    batch = PairBatch(*(np.concatenate(a) for a in zip(*((p.cf, p.similarity, p.keep, p.prior) for p in parts))))
+    batch = PairBatch.joined(parts)
     assert len(np.unique(np.concatenate(groups))) == 3
     untrained = JointRelearner(batch.cf.shape[2], config.joint)
     error = held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images)
