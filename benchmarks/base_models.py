@@ -1,5 +1,5 @@
 """Benchmark the base models that run on any image offline (u2netp, mbplus) on a labelled data set, with a centre
-prior for comparison: dataset-level max F / mean F / AUC (the paper's protocol, relearn_core.metrics.DatasetPR), MAE,
+prior for comparison: dataset-level max F / mean F / AUC (the paper's protocol, relearn_core.evaluation.metrics.DatasetPR), MAE,
 and images per second of prediction on this machine (image reading and evaluation not counted; one untimed warm-up
 image first, so model loading and numba compilation are not counted either). Wall-clock speed depends on what else
 runs on the machine, so the process's CPU seconds per image (all its threads) are reported too, with the load average.
@@ -24,7 +24,7 @@ from pathlib import Path
 from relearn_core import plugins
 from relearn_core.errors import InputError
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image, read_mask, write_map
-from relearn_core.metrics import MAE, DatasetPR
+from relearn_core.evaluation.metrics import MAE, DatasetPR
 from relearn_adapters.mbplus import centre_prior
 
 CENTRE_PRIOR = "centre-prior"
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_start": [round(value, 2) for value in os.getloadavg()]},
-        "metrics": "relearn_core.metrics.DatasetPR (max_f, mean_f, auc) and MAE",
+        "metrics": "relearn_core.evaluation.metrics.DatasetPR (max_f, mean_f, auc) and MAE",
         "models": {},
     }
     for name in [model.strip() for model in args.models.split(",") if model.strip()]:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from relearn_core.cache import Cache
-from relearn_core.correspondence import CorrespondenceBuilder, CorrespondenceParams, read_entry, read_pool
-from relearn_core.flow import WARPS, warp_epe
+from relearn_core.correspondence.correspondence_builder import CorrespondenceBuilder, CorrespondenceParams, read_entry, read_pool
+from relearn_core.correspondence.flow import WARPS, warp_epe
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_mask
-from relearn_core.regions import Superpixels
+from relearn_core.correspondence.regions import Superpixels
 
 
 def superpixel_labels(superpixels: Superpixels, mask: np.ndarray) -> np.ndarray:

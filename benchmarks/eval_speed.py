@@ -32,9 +32,9 @@ from pathlib import Path
 import cv2
 import py_sod_metrics
 
-from relearn_core.evaluate import evaluate_folders
+from relearn_core.evaluation.evaluate import evaluate_folders
 from relearn_core.imageio import atomic_write_bytes, list_by_stem
-from relearn_core.metrics import SaliencyMetrics
+from relearn_core.evaluation.metrics import SaliencyMetrics
 
 SHARED_KEYS = ("max_f_image", "mean_f_image", "adp_f_image", "mae", "s_measure", "max_e", "mean_e", "adp_e",
                "weighted_f")

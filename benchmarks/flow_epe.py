@@ -22,7 +22,7 @@ import click
 import numpy as np
 import torch
 
-from relearn_core.flow import WARPS, SiftFlowParams, warp_epe
+from relearn_core.correspondence.flow import WARPS, SiftFlowParams, warp_epe
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image
 
 TARGETS = {"shift": 1.0, "scale": 2.0}  # EPE bounds the project sets (px)

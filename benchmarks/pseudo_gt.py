@@ -7,7 +7,7 @@ Reports (JSON, and Markdown beside it):
 - pixel fractions trusted salient / trusted background / unsure, the precision of the trusted labels against the ground
   truth (the paper quotes about 81 % as a lower bound), the ground-truth salient rate inside each region, and the
   share of the base's errors (map > 0.5 against the ground truth) that fall in the unsure region;
-- dataset-level max F and MAE (relearn_core.metrics) of the base maps, of ``crf_refine`` (the X + CRF anchor), of the
+- dataset-level max F and MAE (relearn_core.evaluation.metrics) of the base maps, of ``crf_refine`` (the X + CRF anchor), of the
   base painted per superpixel, and two oracles of the join: a re-learner that knows each superpixel's ground-truth
   fraction, applied only where the pseudo-GT is unsure (the ceiling of the paper's design with these superpixels) and
   applied everywhere;
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask
-from relearn_core.metrics import MAE, DatasetPR
-from relearn_core.pseudo_gt import PseudoGT, bilevel_pseudo_gt, crf_refine
-from relearn_core.regions import superpixels
-from relearn_core.saliency import join_with_base, paint, spatial_weighting, superpixel_means
+from relearn_core.evaluation.metrics import MAE, DatasetPR
+from relearn_core.relearning.pseudo_gt import PseudoGT, bilevel_pseudo_gt, crf_refine
+from relearn_core.correspondence.regions import superpixels
+from relearn_core.relearning.saliency import join_with_base, paint, spatial_weighting, superpixel_means
 
 VARIANTS = ("base", "base_crf", "base_painted", "oracle_join_unsure", "oracle_join_everywhere")
 
@@ -83,7 +83,7 @@ def measure_image(paths: tuple[str, str, str]) -> dict:
 def feature_seconds(pairs: list[tuple[str, str]], backbones: list[str]) -> dict[str, float]:
     import torch
 
-    from relearn_core.features import superpixel_features
+    from relearn_core.relearning.features import superpixel_features
 
     if not pairs or not backbones:
         return {}

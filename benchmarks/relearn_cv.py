@@ -43,10 +43,10 @@ import torch
 from relearn_core import __version__
 from relearn_core.base import resolve_device, select_base
 from relearn_core.cache import Cache
-from relearn_core.correspondence import CorrespondenceBuilder
-from relearn_core.evaluate import SCORE_KEYS
+from relearn_core.correspondence.correspondence_builder import CorrespondenceBuilder
+from relearn_core.evaluation.evaluate import SCORE_KEYS
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_mask
-from relearn_core.metrics import SaliencyMetrics
+from relearn_core.evaluation.metrics import SaliencyMetrics
 from relearn_core.pipeline import (
     EvidenceStore,
     RelearnConfig,
@@ -57,8 +57,8 @@ from relearn_core.pipeline import (
     read_entries,
     relearn_images,
 )
-from relearn_core.pseudo_gt import crf_refine
-from relearn_core.regenerate import folds_of
+from relearn_core.relearning.pseudo_gt import crf_refine
+from relearn_core.evaluation.regenerate import folds_of
 
 FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges); not the reported configuration
     "correspondence": {"edge_method": "sobel", "flow_grid": 120,

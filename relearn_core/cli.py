@@ -252,7 +252,7 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
     Unreadable files, maps or masks without a partner, colour masks and size mismatches are reported one line each
     and skipped; the exit status is 2 when no pair could be scored.
     """
-    from .evaluate import evaluate_folders, format_summary, write_curves, write_json, write_per_image_csv
+    from .evaluation.evaluate import evaluate_folders, format_summary, write_curves, write_json, write_per_image_csv
 
     report = evaluate_folders(pred_dir, gt_dir, resize=resize, suffix=suffix, progress=not quiet, workers=workers)
     for line in report.messages():
@@ -292,8 +292,8 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, cache_di
     """
     import dataclasses
 
-    from .regenerate import StageCounts, prepare
-    from .table import ablation_figures, build_table, default_ablation, load_config, published_rows, write_table
+    from .evaluation.regenerate import StageCounts, prepare
+    from .evaluation.table import ablation_figures, build_table, default_ablation, load_config, published_rows, write_table
 
     table_config = load_config(config)
     if metrics:

@@ -49,12 +49,12 @@ import torch
 from . import __version__
 from .base import BaseMapFailure, adapter_options, iter_base_maps
 from .cache import Cache
-from .correspondence import CorrespondenceBuilder, CorrespondenceParams, ImageEntry, PairCorrespondence, read_entry
+from .correspondence.correspondence_builder import CorrespondenceBuilder, CorrespondenceParams, ImageEntry, PairCorrespondence, read_entry
 from .errors import InputError, RelearnError
-from .features import DEFAULT_BACKBONE, superpixel_features
+from .relearning.features import DEFAULT_BACKBONE, superpixel_features
 from .imageio import atomic_write_bytes, images_in, list_by_stem, read_mask, write_map
-from .joint import JointConfig, JointRelearner, PairBatch, predict_joint, split_groups, train_joint
-from .pair_filter import (
+from .relearning.joint import JointConfig, JointRelearner, PairBatch, predict_joint, split_groups, train_joint
+from .relearning.pair_filter import (
     FilterConfig,
     PairFilter,
     aligned_iou,
@@ -64,9 +64,9 @@ from .pair_filter import (
     target_instances,
     train_pair_filter,
 )
-from .pseudo_gt import AGGRESSIVE_THETA, CONSERVATIVE_THETA, PseudoGT, bilevel_pseudo_gt
-from .regions import Superpixels
-from .saliency import join_with_base, superpixel_means
+from .relearning.pseudo_gt import AGGRESSIVE_THETA, CONSERVATIVE_THETA, PseudoGT, bilevel_pseudo_gt
+from .correspondence.regions import Superpixels
+from .relearning.saliency import join_with_base, superpixel_means
 
 CHECKPOINT_FORMAT = 1
 PRIOR_CLIP = 1e-3  #: base probabilities are clipped to [PRIOR_CLIP, 1 - PRIOR_CLIP] before the prior logit

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from relearn_core.align import (
+from relearn_core.correspondence.align import (
     AlignParams,
     align_pair,
     membership,
@@ -12,7 +12,7 @@ from relearn_core.align import (
     superpixel_correspondence,
 )
 from relearn_core.imageio import read_image, read_mask
-from relearn_core.regions import Proposals, Superpixels, proposals, superpixels
+from relearn_core.correspondence.regions import Proposals, Superpixels, proposals, superpixels
 
 SHIFT = (14, 9)  # the neighbour is the target's window moved by this many pixels (dx, dy)
 

@@ -7,14 +7,14 @@ import pytest
 from PIL import Image
 
 from relearn_core.cache import Cache
-from relearn_core.correspondence import (
+from relearn_core.correspondence.correspondence_builder import (
     CorrespondenceBuilder,
     CorrespondenceParams,
     read_entry,
     read_pool,
 )
 from relearn_core.errors import InputError
-from relearn_core.flow import SiftFlowParams
+from relearn_core.correspondence.flow import SiftFlowParams
 
 # small everything, so that a full run takes seconds: the stages are the real ones
 FAST = CorrespondenceParams(

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from relearn_core import evaluate
+from relearn_core.evaluation import evaluate
 from relearn_core.cli import main
-from relearn_core.evaluate import SCORE_KEYS, evaluate_folders
+from relearn_core.evaluation.evaluate import SCORE_KEYS, evaluate_folders
 
 STEMS = 6
 

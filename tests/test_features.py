@@ -7,7 +7,7 @@ import torch
 
 from relearn_core import plugins
 from relearn_core.errors import RelearnError
-from relearn_core.features import (
+from relearn_core.relearning.features import (
     SuperpixelFeatures,
     enlarged_boxes,
     feature_length,
@@ -17,7 +17,7 @@ from relearn_core.features import (
     superpixel_features,
 )
 from relearn_core.imageio import list_by_stem, read_image, read_mask
-from relearn_core.regions import superpixels
+from relearn_core.correspondence.regions import superpixels
 
 
 def _loop_pooling(level: np.ndarray, labels: np.ndarray, count: int, scale: float) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_pooling_matches_a_loop_over_superpixels(rng, cells):
 
 
 def test_fine_levels_use_the_chunked_path_with_the_same_result(rng, monkeypatch):
-    from relearn_core import features
+    from relearn_core.relearning import features
 
     labels = torch.from_numpy(_voronoi_labels(rng, 30, 40, 15))
     level = torch.from_numpy(rng.normal(size=(4, 30, 40)).astype(np.float32))
@@ -146,7 +146,7 @@ def test_unknown_backbone_names_close_matches(crop):
 def test_vgg16_hed_without_the_weights_says_how_to_install_them(crop, monkeypatch):
     from relearn_adapters import backbones
 
-    from relearn_core import hed
+    from relearn_core.correspondence import hed
 
     image, _, regions = crop
     monkeypatch.setattr(hed, "hed_weights_path", lambda: None)

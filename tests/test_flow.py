@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from relearn_core import flow
+from relearn_core.correspondence import flow
 from relearn_core.errors import RelearnError
 from relearn_core.imageio import read_image
 

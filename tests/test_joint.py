@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from relearn_core.errors import RelearnError
-from relearn_core.joint import (
+from relearn_core.relearning.joint import (
     JointConfig,
     JointRelearner,
     PairBatch,

@@ -8,8 +8,8 @@ import py_sod_metrics  # the reference implementation (installed by the README's
 import pytest
 from scipy.stats import rankdata
 
-from relearn_core.evaluate import evaluate_folders
-from relearn_core.metrics import (
+from relearn_core.evaluation.evaluate import evaluate_folders
+from relearn_core.evaluation.metrics import (
     MAE,
     THRESHOLDS,
     DatasetPR,

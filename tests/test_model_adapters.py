@@ -13,7 +13,7 @@ from scipy import ndimage
 from relearn_core import plugins
 from relearn_core.errors import InputError, RelearnError
 from relearn_core.imageio import list_by_stem, read_image, read_mask
-from relearn_core.metrics import MAE, DatasetPR
+from relearn_core.evaluation.metrics import MAE, DatasetPR
 from relearn_adapters import mbplus, u2netp
 from relearn_adapters.network import config_from_options
 

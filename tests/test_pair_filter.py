@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from relearn_core.errors import RelearnError
-from relearn_core.pair_filter import (
+from relearn_core.relearning.pair_filter import (
     FilterConfig,
     aligned_iou,
     balanced_sample,

@@ -16,11 +16,11 @@ from relearn_core import __version__
 from relearn_core.base import select_base
 from relearn_core.cache import Cache
 from relearn_core.cli import main
-from relearn_core.correspondence import CorrespondenceBuilder, read_pool
+from relearn_core.correspondence.correspondence_builder import CorrespondenceBuilder, read_pool
 from relearn_core.errors import InputError, RelearnError
 from relearn_core.imageio import read_image, read_map, read_mask
 from relearn_core.pipeline import RelearnConfig, load_checkpoint, train, wrap
-from relearn_core.pseudo_gt import bilevel_pseudo_gt
+from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
 
 STEMS = ("100075", "100080", "100098", "101085", "101087", "102061")
 SMALL = {  # tiny images: few superpixels and a coarse flow keep the test fast
@@ -268,8 +268,8 @@ def test_training_without_any_labelled_image_says_so(tiny, dss, config, cache_di
 
 def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_images(tiny, config, cache_dir):
     """Epoch 0 of the epoch choice is the base itself: held_out_mae of the untrained model is the base maps' MAE."""
-    from relearn_core.correspondence import read_entry
-    from relearn_core.joint import JointRelearner, PairBatch
+    from relearn_core.correspondence.correspondence_builder import read_entry
+    from relearn_core.relearning.joint import JointRelearner, PairBatch
     from relearn_core.pipeline import (EvidenceStore, _with_neighbours, held_out_mae, instance_pairs, prior_logit,
                                        relearn_region)
 

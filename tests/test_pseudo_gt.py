@@ -6,7 +6,7 @@ import pytest
 
 from relearn_core.errors import RelearnError
 from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask
-from relearn_core.pseudo_gt import (
+from relearn_core.relearning.pseudo_gt import (
     AGGRESSIVE_THETA,
     CONSERVATIVE_THETA,
     bilevel_pseudo_gt,

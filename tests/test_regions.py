@@ -8,9 +8,9 @@ import torch
 from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 
-from relearn_core.hed import HED, hed_weights_path, load_vgg16_features, preprocess
+from relearn_core.correspondence.hed import HED, hed_weights_path, load_vgg16_features, preprocess
 from relearn_core.imageio import read_image, read_mask
-from relearn_core.regions import (
+from relearn_core.correspondence.regions import (
     Superpixels,
     edge_boxes,
     proposals,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from relearn_core.imageio import read_image
-from relearn_core.retrieval import (
+from relearn_core.correspondence.retrieval import (
     GIST_ORIENTATIONS,
     RetrievalIndex,
     describe_images,

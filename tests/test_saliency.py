@@ -6,10 +6,10 @@ import pytest
 
 from relearn_core.errors import RelearnError
 from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask
-from relearn_core.metrics import DatasetPR
-from relearn_core.pseudo_gt import PseudoGT, bilevel_pseudo_gt
-from relearn_core.regions import Superpixels, superpixels
-from relearn_core.saliency import adjacency, join_with_base, paint, spatial_weighting, superpixel_means
+from relearn_core.evaluation.metrics import DatasetPR
+from relearn_core.relearning.pseudo_gt import PseudoGT, bilevel_pseudo_gt
+from relearn_core.correspondence.regions import Superpixels, superpixels
+from relearn_core.relearning.saliency import adjacency, join_with_base, paint, spatial_weighting, superpixel_means
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from relearn_core.cli import main
 from relearn_core.errors import InputError
-from relearn_core.table import _line_styles, load_config
+from relearn_core.evaluation.table import _line_styles, load_config
 
 PER_DATASET = 5
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from relearn_core.cli import main
 from relearn_core.errors import InputError
-from relearn_core.regenerate import folds_of
-from relearn_core.table import load_config
+from relearn_core.evaluation.regenerate import folds_of
+from relearn_core.evaluation.table import load_config
 
 PER_DATASET = 6
 SIDE = 96

@@ -33,10 +33,10 @@ from .align import (
     membership,
     superpixel_correspondence,
 )
-from .cache import Cache
-from .errors import InputError
+from ..cache import Cache
+from ..errors import InputError
 from .flow import SiftFlowParams, sift_flow_batch
-from .imageio import content_hash, images_in, read_image
+from ..imageio import content_hash, images_in, read_image
 from .regions import (
     EDGEBOXES,
     PROPOSALS,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import RelearnError
+from ..errors import RelearnError
 from .pair_filter import Standardise, fc_stack, one_cpu_thread
 
 NEIGHBOURS = 5  #: M of the paper

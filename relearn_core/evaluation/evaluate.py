@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import InputError
-from .imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask
+from ..errors import InputError
+from ..imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask
 from .metrics import ImagePair, SaliencyMetrics, image_scores
 
 SCORE_KEYS = (

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import RelearnError
+from ..errors import RelearnError
 
 T1 = 0.15  #: IoU(pGT, GT) at or below which a target instance is hard
 T2 = 0.90  #: IoU(GT target, pGT aligned) above which the aligned instance has the same saliency

