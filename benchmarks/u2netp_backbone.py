@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-
 from relearn_adapters import u2netp
 from relearn_adapters.u2netp_network import load_u2netp, preprocess
+
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image
 from relearn_core.shared_data import shared_data_dir
 
@@ -40,17 +40,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def timed(function, totals: dict, way: str):
+def timed(totals: dict, way: str, function, x: torch.Tensor):
     began, began_cpu = time.perf_counter(), time.process_time()
-    result = function()
+    result = function(x)
     totals[way]["wall"] += time.perf_counter() - began
     totals[way]["cpu"] += time.process_time() - began_cpu
     return result
 
 
 def run(images_dir: Path, count: int) -> dict:
-    stems = sorted(list_by_stem(images_dir))[:count]
     paths = list_by_stem(images_dir)
+    stems = sorted(paths)[:count]
     inputs = preprocess([read_image(paths[stem]) for stem in stems])  # (N, 3, 320, 320)
 
     options = onnxruntime.SessionOptions()
@@ -70,15 +70,15 @@ def run(images_dir: Path, count: int) -> dict:
         with torch.inference_mode():
             return model.features(x)
 
-    warm_up = inputs[:1]
-    onnx_run(warm_up), torch_forward(warm_up), torch_features(warm_up)
+    for function in (onnx_run, torch_forward, torch_features):
+        function(inputs[:1])  # warm-up: first-call allocations and kernel selection
     totals = {way: {"wall": 0.0, "cpu": 0.0} for way in WAYS}
     fused_difference = all_difference = 0.0
     for index in range(len(stems)):
         x = inputs[index : index + 1]
-        onnx_outputs = timed(lambda: onnx_run(x), totals, "onnxruntime")  # noqa: B023 - called at once
-        torch_outputs = timed(lambda: torch_forward(x), totals, "torch_forward")  # noqa: B023
-        timed(lambda: torch_features(x), totals, "torch_features")  # noqa: B023
+        onnx_outputs = timed(totals, "onnxruntime", onnx_run, x)
+        torch_outputs = timed(totals, "torch_forward", torch_forward, x)
+        timed(totals, "torch_features", torch_features, x)
         differences = [float(np.abs(a - b).max()) for a, b in zip(torch_outputs, onnx_outputs)]
         fused_difference = max(fused_difference, differences[u2netp.FUSED_OUTPUT])
         all_difference = max(all_difference, *differences)
@@ -92,26 +92,28 @@ def run(images_dir: Path, count: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    machine = report["machine"]
+    machine, versions, difference = report["machine"], report["versions"], report["max_abs_difference"]
+    setting = (
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['note']}; {report['date']}; load average "
+        f"(1, 5, 15 min) {machine['load_average_at_start']} at the start, {machine['load_average_at_end']} at the end. "
+        "One thread everywhere (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1), batch of one, "
+        f"pre-processing not timed; torch {versions['torch']}, onnxruntime {versions['onnxruntime']}."
+    )
+    agreement = (
+        "Largest absolute difference, torch vs onnxruntime (sigmoid outputs in [0, 1]): fused d0 "
+        f"{difference['fused_d0']:.2e}, any of the seven outputs {difference['all_seven_outputs']:.2e}."
+    )
     lines = [
         f"# U2-Net-p: onnxruntime vs the torch re-implementation ({report['images']} SOD images, 320x320)",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['note']}; {report['date']}; load average "
-        f"(1, 5, 15 min) {machine['load_average_at_start']} at the start, {machine['load_average_at_end']} at the end. "
-        f"One thread everywhere (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1), batch of one, "
-        f"pre-processing not timed; torch {report['versions']['torch']}, onnxruntime "
-        f"{report['versions']['onnxruntime']}.",
+        setting,
         "",
         "| run | wall s/image | CPU s/image |",
         "|---|---|---|",
-    ]
-    for way in WAYS:
-        lines.append(f"| {way} | {report['seconds_per_image'][way]:.3f} | {report['cpu_seconds_per_image'][way]:.3f} |")
-    difference = report["max_abs_difference"]
-    lines += [
+        *(f"| {way} | {report['seconds_per_image'][way]:.3f} | {report['cpu_seconds_per_image'][way]:.3f} |"
+          for way in WAYS),
         "",
-        f"Largest absolute difference, torch vs onnxruntime (sigmoid outputs in [0, 1]): fused d0 "
-        f"{difference['fused_d0']:.2e}, any of the seven outputs {difference['all_seven_outputs']:.2e}.",
+        agreement,
     ]
     return "\n".join(lines) + "\n"
 

