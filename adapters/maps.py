@@ -56,19 +56,35 @@ def find_map(folder: Path, stem: str, suffix: str, extension: str) -> Path:
     raise InputError(folder, f"maps folder has no map for image {stem!r} (expected {expected})")
 
 
+def map_folders(adapter: str, maps) -> list[Path]:
+    """The ``maps`` option as folders: one folder, or a list of them searched in order (the maps of several datasets)."""
+    if not maps:
+        raise RelearnError(f"base {adapter!r} reads precomputed maps: give their folder with --maps DIR")
+    folders = [Path(folder) for folder in ([maps] if isinstance(maps, (str, Path)) else maps)]
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(folder, "maps folder not found")
+    return folders
+
+
+def _first_map(folders: list[Path], stem: str, suffix: str, extension: str) -> Path:
+    for folder in folders[:-1]:
+        try:
+            return find_map(folder, stem, suffix, extension)
+        except InputError:
+            continue
+    return find_map(folders[-1], stem, suffix, extension)
+
+
 @hookimpl
 def relearn_predict(adapter, images, names, options):
     if adapter not in _infos():
         return None
-    if not options.get("maps"):
-        raise RelearnError(f"base {adapter!r} reads precomputed maps: give their folder with --maps DIR")
-    folder = Path(options["maps"])
-    if not folder.is_dir():
-        raise InputError(folder, "maps folder not found")
+    folders = map_folders(adapter, options.get("maps"))
     suffix, extension = str(options.get("suffix") or ""), str(options.get("extension") or "")
     maps = []
     for image, stem in zip(images, names):
-        path = find_map(folder, stem, suffix, extension)
+        path = _first_map(folders, stem, suffix, extension)
         saliency = read_map(path).astype(np.float32)
         if saliency.shape != image.shape[:2]:
             raise InputError(path, f"map is {saliency.shape[1]}x{saliency.shape[0]} but image {stem!r} is {image.shape[1]}x{image.shape[0]}")

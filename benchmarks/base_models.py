@@ -20,12 +20,18 @@ import sys
 import time
 from pathlib import Path
 
+from relearn_adapters.mbplus import centre_prior
 
 from relearn_core import plugins
 from relearn_core.errors import InputError
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image, read_mask, write_map
 from relearn_core.evaluation.metrics import MAE, DatasetPR
-from relearn_adapters.mbplus import centre_prior
+from relearn_core.imageio import (
+    atomic_write_bytes,
+    list_by_stem,
+    read_image,
+    read_mask,
+    write_map,
+)
 
 CENTRE_PRIOR = "centre-prior"
 

@@ -10,8 +10,8 @@ is the majority of the ground truth inside it; a superpixel match is correct whe
 that have ground truth (those from DIR) count towards the rates.
 - correct_rate_siftflow: each target superpixel matched to the neighbour superpixel where most of its flow lands.
 - correct_rate_bilevel: the bi-level alignment's superpixel matches (Eqs. (1)-(3)).
-Stage times are those of the run that computed each artefact (they are stored in its cache entry), so a rerun over a
-warm --cache reports the original times; without --cache a fresh temporary cache is used.
+Stage times are those of the run that computed each artefact (read from its cache entry when it was not computed now),
+so a rerun over a warm --cache reports the original times; without --cache a fresh temporary cache is used.
 """
 
 from __future__ import annotations
@@ -25,12 +25,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flow_accuracy import WARPS, warp_epe
 
+from relearn_core.api import RunReport, read_entries
 from relearn_core.cache import Cache
-from relearn_core.correspondence.correspondence_builder import CorrespondenceBuilder, CorrespondenceParams, read_entry, read_pool
-from relearn_core.correspondence.flow import WARPS, warp_epe
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_mask
-from relearn_core.correspondence.regions import Superpixels
+from relearn_core.config import CorrespondenceParams
+from relearn_core.correspondence.regions import superpixels_for
+from relearn_core.correspondence.retrieval import RetrievalIndex, descriptors_for
+from relearn_core.imageio import (
+    atomic_write_bytes,
+    images_in,
+    list_by_stem,
+    read_entry,
+    read_mask,
+)
+from relearn_core.pipeline import Pool, correspondences
+from relearn_core.records import Superpixels
+from relearn_core.workspace import Workspace
 
 
 def superpixel_labels(superpixels: Superpixels, mask: np.ndarray) -> np.ndarray:
@@ -53,10 +64,16 @@ def run(args) -> dict:
     images = list_by_stem(data / "images")
     masks = list_by_stem(data / "gt")
     names = sorted(images)[: args.limit] if args.limit else sorted(images)
-    pool = read_pool([data / "images", *args.pool])
     cache_dir = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="relearn-bench-"))
-    builder = CorrespondenceBuilder(pool.entries, Cache(cache_dir), CorrespondenceParams(), device=args.device)
-    gt_by_hash = {e.hash: masks[e.name] for e in pool.entries if e.path.parent == (data / "images") and e.name in masks}
+    ws = Workspace(Cache(cache_dir), args.device)
+    params = CorrespondenceParams()
+    skipped = RunReport()
+    entries = read_entries([path for folder in [data / "images", *args.pool] for path in images_in(folder).values()],
+                       skipped)
+    with ws.measure() as timings:
+        pool = Pool(entries, {}, RetrievalIndex(descriptors_for(ws, entries), [e.hash for e in entries],
+                                                [e.name for e in entries], device=args.device))
+    gt_by_hash = {e.hash: masks[e.name] for e in entries if e.path.parent == (data / "images") and e.name in masks}
 
     counts = {"siftflow": [0, 0], "bilevel": [0, 0]}
     per_image = []
@@ -65,22 +82,26 @@ def run(args) -> dict:
     matched_flow = 0
     for number, name in enumerate(names, 1):
         target = read_entry(images[name])
-        pairs = builder.correspondences(target)
-        target_sp = builder.superpixels(target)
+        with ws.measure() as found:
+            pairs = correspondences(ws, target, pool, params)
+        timings.merge(found)
+        target_sp = superpixels_for(ws, target, params.superpixels)
         target_labels = superpixel_labels(target_sp, read_mask(masks[name]))
         image_counts = {"siftflow": [0, 0], "bilevel": [0, 0]}
         for pair in pairs:
             gt = gt_by_hash.get(pair.neighbour.hash)
             if gt is None:
                 continue
-            neighbour_labels = superpixel_labels(builder.superpixels(pair.neighbour), read_mask(gt))
-            for method, matches in (("siftflow", pair.flow_matches), ("bilevel", pair.alignment.superpixel_matches)):
+            neighbour_labels = superpixel_labels(superpixels_for(ws, pair.neighbour, params.superpixels),
+                                                 read_mask(gt))
+            for method, matches in (("siftflow", pair.alignment.flow_matches),
+                                    ("bilevel", pair.alignment.superpixel_matches)):
                 agree, total = agreement(matches, target_labels, neighbour_labels)
                 image_counts[method][0] += agree
                 image_counts[method][1] += total
             target_superpixels += target_sp.count
             matched_bilevel += len(pair.alignment.superpixel_matches)
-            matched_flow += len(pair.flow_matches)
+            matched_flow += len(pair.alignment.flow_matches)
         for method in counts:
             counts[method][0] += image_counts[method][0]
             counts[method][1] += image_counts[method][1]
@@ -91,8 +112,12 @@ def run(args) -> dict:
         print(f"[{number}/{len(names)}] {name}: siftflow {rate(image_counts['siftflow']):.3f} "
               f"bilevel {rate(image_counts['bilevel']):.3f}", file=sys.stderr, flush=True)
 
-    # compute times of every artefact, kept in the cache entries (one value per image or pair)
-    mean = lambda stage: float(np.mean(list(builder.seconds[stage].values()))) if builder.seconds[stage] else 0.0
+    # compute times of every artefact: computed now, or stored with its cache entry (one value per image or pair)
+    def mean(stage: str) -> float:
+        times = timings.stages.get(stage)
+        count = times.computed + times.cached if times else 0
+        return (times.computed_seconds + times.cached_seconds) / count if count else 0.0
+
     pairs_per_image = float(np.mean([len(entry["neighbours"]) for entry in per_image]))
     seconds = {
         "retrieval": mean("descriptor") + mean("search"),
@@ -106,7 +131,7 @@ def run(args) -> dict:
         "flow_per_pair": mean("flow"),
         "align_per_pair": mean("align"),
     }
-    timed = {stage: len(values) for stage, values in builder.seconds.items()}
+    timed = {stage: times.computed + times.cached for stage, times in timings.stages.items()}
 
     epe_images = names[: args.epe_images]
     epe = {warp: [] for warp in WARPS}
@@ -120,8 +145,8 @@ def run(args) -> dict:
         "data": str(data),
         "pool": [str(p) for p in args.pool],
         "targets": len(names),
-        "pool_images": len(pool.entries),
-        "pool_skipped": [[str(p), reason] for p, reason in pool.skipped],
+        "pool_images": len(entries),
+        "pool_skipped": [*skipped.unreadable, *[[p, "duplicate"] for p in skipped.duplicates]],
         "correct_rate_siftflow": rate(counts["siftflow"]),
         "correct_rate_bilevel": rate(counts["bilevel"]),
         "matches_siftflow": counts["siftflow"][1],

@@ -33,8 +33,8 @@ import cv2
 import py_sod_metrics
 
 from relearn_core.evaluation.evaluate import evaluate_folders
-from relearn_core.imageio import atomic_write_bytes, list_by_stem
 from relearn_core.evaluation.metrics import SaliencyMetrics
+from relearn_core.imageio import atomic_write_bytes, list_by_stem
 
 SHARED_KEYS = ("max_f_image", "mean_f_image", "adp_f_image", "mae", "s_measure", "max_e", "mean_e", "adp_e",
                "weighted_f")

@@ -21,8 +21,9 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from flow_accuracy import WARPS, warp_epe
 
-from relearn_core.correspondence.flow import WARPS, SiftFlowParams, warp_epe
+from relearn_core.correspondence.flow import SiftFlowParams
 from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image
 
 TARGETS = {"shift": 1.0, "scale": 2.0}  # EPE bounds the project sets (px)

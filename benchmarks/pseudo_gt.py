@@ -27,11 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask
-from relearn_core.evaluation.metrics import MAE, DatasetPR
-from relearn_core.relearning.pseudo_gt import PseudoGT, bilevel_pseudo_gt, crf_refine
 from relearn_core.correspondence.regions import superpixels
-from relearn_core.relearning.saliency import join_with_base, paint, spatial_weighting, superpixel_means
+from relearn_core.evaluation.metrics import MAE, DatasetPR
+from relearn_core.imageio import (
+    atomic_write_bytes,
+    list_by_stem,
+    read_image,
+    read_map,
+    read_mask,
+)
+from relearn_core.records import PseudoGT
+from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt, crf_refine
+from relearn_core.relearning.saliency import (
+    join_with_base,
+    paint,
+    spatial_weighting,
+    superpixel_means,
+)
 
 VARIANTS = ("base", "base_crf", "base_painted", "oracle_join_unsure", "oracle_join_everywhere")
 

@@ -19,11 +19,12 @@ Ablation (paper Fig. 11), each a separate training per fold, scored the same way
 
 Correspondences (retrieval, superpixels, proposals, flows, alignments) do not depend on the base and are cached on
 disk by content hash: folds and bases share them; a rerun reuses everything (``--cache``).
-``seconds_per_image``: compute time of each stage of wrap per held-out image on this machine (a stage served from the
-compute time stored with each cache entry, so a rerun reports the same cold times; the pool's own preprocessing is
-done during training and not counted); wrap runs as many images side by side as --threads, each on one core, so these
-add up to about --threads times ``relearn_wrap_wall_first_fold``, the wall clock per image of wrapping the first fold.
-C6 runs first in each fold so its held images are new to the builders.
+``seconds_per_image``: compute time of each stage of wrap per held-out image on this machine (computed now, plus the
+compute time stored with each entry read from the disk cache, so a rerun reports the same cold times; what training
+left in memory, the pool's own preparation, is not counted); wrap runs as many images side by side as --threads, each
+on one core, so these add up to about --threads times ``relearn_wrap_wall_first_fold``, the wall clock per image of
+wrapping the first fold. C6 runs first in each fold so its held images are new to the workspace's memory.
+Everything goes through relearn's Python API (relearn_core.train, relearn_core.wrap), as `relearn table` does.
 Nothing is chosen on a held fold: every setting is fixed before the run.
 """
 
@@ -38,57 +39,30 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from relearn_core import __version__
-from relearn_core.base import resolve_device, select_base
+from relearn_core.api import predict, train, wrap
+from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
-from relearn_core.correspondence.correspondence_builder import CorrespondenceBuilder
+from relearn_core.config import RelearnConfig
 from relearn_core.evaluation.evaluate import SCORE_KEYS
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_mask
 from relearn_core.evaluation.metrics import SaliencyMetrics
-from relearn_core.pipeline import (
-    EvidenceStore,
-    RelearnConfig,
-    RunReport,
-    base_maps_for,
-    fit,
-    image_files,
-    read_entries,
-    relearn_images,
+from relearn_core.evaluation.protocol import COMPONENTS, FULL, folds_of
+from relearn_core.executors import make_executor
+from relearn_core.imageio import (
+    atomic_write_bytes,
+    images_in,
+    list_by_stem,
+    read_image,
+    read_mask,
 )
 from relearn_core.relearning.pseudo_gt import crf_refine
-from relearn_core.evaluation.regenerate import folds_of
+from relearn_core.workspace import Workspace
 
 FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges); not the reported configuration
     "correspondence": {"edge_method": "sobel", "flow_grid": 120,
                        "flow": {"working_size": 112, "levels": 2, "top_iterations": 10, "iterations": 5}},
 }
-
-
-def ablation_configs(full: RelearnConfig, has_pool: bool) -> dict[str, tuple[RelearnConfig, bool]]:
-    """C2..C6: (configuration, whether the --pool images are in the pool)."""
-    flow = full.with_overrides({"alignment": "flow"})
-    return {
-        "C6": (full, has_pool),
-        "C2": (flow.with_overrides({"use_filter": False}), False),
-        "C3": (flow.with_overrides({"joint": {"neighbours": 1}}), False),
-        "C4": (flow, False),
-        "C5": (flow, has_pool),
-    }
-
-
-def _entry_keys(builder, store) -> dict[str, set]:
-    return {stage: set(records) for timing in (builder.seconds, store.seconds) for stage, records in timing.items()}
-
-
-def _new_entry_seconds(builder, store, seen: dict[str, set]) -> dict[str, float]:
-    """Compute seconds (as stored with each cache entry) of the entries first used since ``seen``: one image's wrap."""
-    out: dict[str, float] = defaultdict(float)
-    for timing in (builder.seconds, store.seconds):
-        for stage, records in timing.items():
-            out[stage] += sum(v for key, v in records.items() if key not in seen.get(stage, ()))
-    return out
 
 
 def quantised(saliency: np.ndarray) -> np.ndarray:
@@ -146,84 +120,81 @@ def spread(method: Scorer, reference: Scorer, key: str) -> dict:
 def run(args) -> dict:
     data = Path(args.data)
     device = resolve_device(args.device)
-    cache = Cache(args.cache) if args.cache else Cache()
+    ws = Workspace(Cache(args.cache) if args.cache else Cache(), device, make_executor(args.executor, args.threads, device))
     adapter = select_base(args.base, args.adapter, args.maps)
     options = {"maps": str(args.maps)} if args.maps else {}
     config = RelearnConfig()
     if args.fast:
         config = config.with_overrides(FAST)
     config = config.with_overrides({"backbone": args.backbone})
-    report = RunReport()
-    seconds: dict[str, list[float]] = defaultdict(list)
 
     images = list_by_stem(data / "images")
     masks = list_by_stem(data / "gt")
     ids = sorted(set(images) & set(masks))
     if args.limit:
         ids = ids[: args.limit]
-    entries = {e.name: e for e in read_entries([images[i] for i in ids], report)}
-    extra = read_entries([p for folder in args.pool for p in image_files(folder)], report)
-    maps = base_maps_for(adapter, list(entries.values()) + extra, options, device, cache, report, seconds)
-    ids = [i for i in ids if i in entries and entries[i].hash in maps]
-    extra = [e for e in extra if e.hash in maps]
-    gts = {entries[i].hash: read_mask(masks[i]) for i in ids}
+    extra = [path for folder in args.pool for path in images_in(folder).values()]
+    base_maps, failures = {}, []
+    for path, outcome in predict([images[i] for i in ids] + extra, adapter, options=options, workspace=ws):
+        if isinstance(outcome, BaseMapFailure):
+            failures.append(str(outcome))
+        else:
+            base_maps[path] = outcome
+    ids = [i for i in ids if images[i] in base_maps]
+    extra = [path for path in extra if path in base_maps]
+    gts = {images[i]: read_mask(masks[i]) for i in ids}
     fold = dict(zip(ids, folds_of(len(ids), args.folds, args.seed)))
-    variants = ablation_configs(config, bool(extra)) if args.ablation else {"C6": (config, bool(extra))}
+    # the full method first in each fold, so that its held images are new to the cache's memory
+    variants = [c for c in (*COMPONENTS[-1:], *COMPONENTS[:-1]) if args.ablation or c.name == FULL]
 
     scorers = defaultdict(Scorer)
     stage_seconds: dict[str, float] = defaultdict(float)
     wrapped = 0
     relearned_images = 0
-    # wall clock of wrapping the first fold's held images, per image (relearn_images as `relearn wrap` runs it, images
-    # side by side on the --threads cores; cache reads and overheads included): cold when the run starts with an empty
-    # cache; later folds' held images were training images before, partly cached
+    # wall clock of wrapping the first fold's held images, per image (as `relearn wrap` runs it, images side by side
+    # on the --threads cores; cache reads and overheads included): cold when the run starts with an empty cache; later
+    # folds' held images were training images before, partly cached
     first_fold_wall: list[float] = []
     changed = ChangedPixels()
     training = {}
     for k in range(args.folds):
-        held = [entries[i] for i in ids if fold[i] == k]
-        train_entries = [entries[i] for i in ids if fold[i] != k]
-        print(f"fold {k}: train {len(train_entries)}, held {len(held)}", file=sys.stderr, flush=True)
-        builders = {}
-        store = EvidenceStore(maps, config.backbone, cache, device)  # per fold: held images' entries are new to it
-        for name, (variant, with_pool) in variants.items():
-            pool = train_entries + (extra if with_pool else [])
-            key = (with_pool, variant.correspondence)
-            if key not in builders:
-                builders[key] = CorrespondenceBuilder(pool, cache, variant.correspondence, device)
-            builder = builders[key]
+        held = [images[i] for i in ids if fold[i] == k]
+        train_images = [images[i] for i in ids if fold[i] != k]
+        print(f"fold {k}: train {len(train_images)}, held {len(held)}", file=sys.stderr, flush=True)
+        for variant in variants:
+            name = variant.name
+            pools = [extra] if variant.extra_pool and extra else []
+            variant_config = config.with_overrides(variant.overrides)
             start = time.perf_counter()
-            relearner = fit(adapter.name, train_entries, gts, builder, store, variant, device,
-                            progress=lambda m: print(f"  {name} {m}", file=sys.stderr, flush=True) if args.verbose else None)
-            training.setdefault(name, []).append({"fold": k, "seconds": time.perf_counter() - start, **relearner.summary})
-            timed = name == "C6"
-            seen = _entry_keys(builder, store)
-            wrap_seconds: dict[str, list[float]] = defaultdict(list)
+            progress = (lambda stage, done, total: print(f"  {name} {stage} {done}/{total}", file=sys.stderr,
+                                                         flush=True)) if args.verbose else None
+            trained = train(train_images, {path: gts[path] for path in train_images}, adapter, pools=pools,
+                            options=options, config=variant_config, workspace=ws, progress=progress)
+            relearner = trained.relearner
+            training.setdefault(name, []).append({"fold": k, "seconds": time.perf_counter() - start,
+                                                  **relearner.summary})
             start = time.perf_counter()
-            outcomes = list(relearn_images(relearner, held, builder, store, device, wrap_seconds))
+            report = wrap(held, relearner, adapter, pools=[train_images, *pools], options=options, workspace=ws)
             wall = time.perf_counter() - start
-            for entry, outcome in zip(held, outcomes):
-                scorers[name].step(k, outcome.saliency, gts[entry.hash])
-            if not timed:
+            outcomes = {outcome.entry.path: outcome for outcome in report.outcomes}
+            for path in held:
+                scorers[name].step(k, outcomes[path].saliency, gts[path])
+            if name != FULL:
                 continue
             wrapped += len(held)
             if k == 0:
                 first_fold_wall.append(wall / max(len(held), 1))
-            for stage, value in _new_entry_seconds(builder, store, seen).items():
-                stage_seconds[stage] += value
-            for stage, values in wrap_seconds.items():
-                stage_seconds[stage] += sum(values)
-            for entry, outcome in zip(held, outcomes):
-                gt = gts[entry.hash]
+            for stage, times in report.timings.stages.items():
+                stage_seconds[stage] += times.computed_seconds + times.cached_seconds
+            for path in held:
+                gt, base_map, outcome = gts[path], base_maps[path], outcomes[path]
                 relearned_images += outcome.relearned
-                base_map = store.evidence(entry, builder).base_map
                 scorers["base"].step(k, base_map, gt)
                 changed.step(quantised(base_map), quantised(outcome.saliency), gt)
                 start = time.perf_counter()
-                refined = crf_refine(entry.image, base_map)
+                refined = crf_refine(read_image(path), base_map)
                 stage_seconds["base_crf (the anchor, not part of wrap)"] += time.perf_counter() - start
                 scorers["base_crf"].step(k, refined, gt)
-    stage_seconds["base (maps read or predicted)"] = float(np.mean(seconds["base"])) * wrapped if seconds["base"] else 0.0
     per_image = {stage: total / max(wrapped, 1) for stage, total in stage_seconds.items()}
     wrap_total = sum(v for stage, v in per_image.items() if not stage.startswith("base"))
 
@@ -233,21 +204,21 @@ def run(args) -> dict:
         "pool": [str(p) for p in args.pool], "pool_images_used": len(extra), "backbone": config.backbone,
         "folds": args.folds, "seed": args.seed, "limit": args.limit, "fast": args.fast, "images": len(ids),
         "config": config.to_dict(),
-        "base_failures": [str(f) for f in report.base_failures], "unreadable": report.unreadable,
+        "base_failures": failures,
         "base": scorers["base"].scores(),
         "base_crf": scorers["base_crf"].scores(),
-        "ours": scorers["C6"].scores(),
+        "ours": scorers[FULL].scores(),
         "relearned_images": relearned_images,
         "changed_pixels": changed.results(),
         "fold_spread": {
-            "ours_minus_base": {key: spread(scorers["C6"], scorers["base"], key) for key in ("max_f", "mae")},
-            "ours_minus_base_crf": {key: spread(scorers["C6"], scorers["base_crf"], key) for key in ("max_f", "mae")},
+            "ours_minus_base": {key: spread(scorers[FULL], scorers["base"], key) for key in ("max_f", "mae")},
+            "ours_minus_base_crf": {key: spread(scorers[FULL], scorers["base_crf"], key) for key in ("max_f", "mae")},
         },
-        "ablation": {"C1": scorers["base"].scores(), **{name: scorers[name].scores() for name in variants}},
+        "ablation": {"C1": scorers["base"].scores(), **{v.name: scorers[v.name].scores() for v in variants}},
         "training": training,
         "seconds_per_image": {**per_image, "relearn_wrap_total_beyond_base": wrap_total,
                               "relearn_wrap_wall_first_fold": float(np.mean(first_fold_wall))},
-        "machine": args.machine, "torch_threads": args.threads,
+        "machine": args.machine, "torch_threads": args.threads, "executor": ws.executor.kind,
     }
     return result
 
@@ -295,15 +266,15 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, help="cache folder (default $RELEARN_CACHE or ~/.cache/relearn)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--machine", default="2-core CPU, no GPU")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: on a busy machine torch's thread pool makes SIFT Flow ~10x slower)")
+    parser.add_argument("--threads", type=int, default=1, help="images worked on at once (each on one torch thread)")
+    parser.add_argument("--executor", choices=("threads", "processes", "ray"), default=None,
+                        help="where the work runs (default $RELEARN_EXECUTOR, else threads)")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     warnings.simplefilter("default")
-    torch.set_num_threads(args.threads)
     result = run(args)
     atomic_write_bytes(args.out, json.dumps(result, indent=2, default=str).encode())
     atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())

@@ -9,16 +9,18 @@ image, and the other images still run. Maps of adapters that compute them are ca
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import plugins
-from .cache import Cache
 from .errors import InputError, RelearnError
 from .imageio import content_hash, read_image
+from .records import BaseMap
+from .workspace import Stage, Workspace
 
 STAGE = "base"
 RANGE_TOLERANCE = 1e-4  #: float rounding allowed outside [0, 1] before a map is rejected (then clipped)
@@ -40,12 +42,6 @@ class BaseMapFailure:
         return f"base {self.adapter!r} failed on {self.image}: {self.problem}"
 
 
-@dataclass
-class BaseMaps:
-    maps: dict[Path, np.ndarray] = field(default_factory=dict)  #: image path -> float32 (H, W) in [0, 1]
-    failures: list[BaseMapFailure] = field(default_factory=list)
-
-
 def resolve_device(device: str | None) -> str:
     """``"auto"`` (or None) -> "cuda" when torch sees a GPU, else "cpu"; any other string is returned as given."""
     if device in (None, "", "auto"):
@@ -57,16 +53,18 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def select_base(name: str, adapter_files: Sequence[str | os.PathLike] = (), maps: str | os.PathLike | None = None) -> plugins.Adapter:
-    """The adapter called ``name``, after loading ``adapter_files``; a maps-based base must be given its maps folder."""
+def select_base(name: str, adapter_files: Sequence[str | os.PathLike] = (), maps=None) -> plugins.Adapter:
+    """The adapter called ``name``, after loading ``adapter_files``; a maps-based base must be given its maps folder
+    (or a list of folders, searched in order)."""
     for path in adapter_files:
         plugins.load_adapter_file(path)
     adapter = plugins.get_adapter(name)
     if adapter.info.predicts_from == "maps":
-        if maps is None:
+        if not maps:
             raise RelearnError(f"base {adapter.name!r} reads precomputed maps: give their folder with --maps DIR")
-        if not Path(maps).is_dir():
-            raise InputError(maps, "maps folder not found")
+        for folder in [maps] if isinstance(maps, (str, os.PathLike)) else maps:
+            if not Path(folder).is_dir():
+                raise InputError(folder, "maps folder not found")
     return adapter
 
 
@@ -135,75 +133,41 @@ def _predict_batch(adapter, batch, options) -> Iterator[tuple[Path, np.ndarray |
             yield path, BaseMapFailure(path, adapter.name, str(exc))
 
 
-def iter_base_maps(
-    adapter: str | plugins.Adapter,
-    image_paths: Sequence[str | os.PathLike],
-    options: Mapping[str, Any] | None = None,
-    device: str | None = "auto",
-    cache: Cache | None = None,
-    batch_size: int = 8,
-) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
-    """Yield ``(image path, map or failure)`` for each image, in order, as soon as its batch is done.
-
-    :param adapter: an adapter name (see ``relearn adapters list``) or record.
-    :param options: the user's options for the adapter (e.g. ``{"maps": DIR}``), overlaid on its defaults.
-    :param cache: where computed maps are kept (None: no caching).
-    """
-    if isinstance(adapter, str):
-        adapter = plugins.get_adapter(adapter)
-    options = adapter_options(adapter, options, device)
-    use_cache = cache is not None and cache.root is not None and adapter.info.predicts_from != "maps"
-    params = {"adapter": adapter.name, "version": adapter.source.version, "options": _fingerprint(options)} if use_cache else {}
-
-    pending: list[tuple[Path, np.ndarray, str | None]] = []
-
-    def flush():
-        batch = [(path, image) for path, image, _ in pending]
-        hashes = {path: digest for path, _, digest in pending}
-        pending.clear()
-        for path, outcome in _predict_batch(adapter, batch, options):
-            if use_cache and isinstance(outcome, np.ndarray):
-                cache.get_or_compute(STAGE, (hashes[path],), params, lambda: {"map": outcome})
-            yield path, outcome
-
-    for raw in image_paths:
-        path = Path(raw)
+def _batch_maps(ws: Workspace, adapter: plugins.Adapter, options: Mapping[str, Any], paths: list[Path]) -> list:
+    """The maps (or failures) of one batch of images: read from the cache where the adapter's maps are stored there,
+    the others predicted in one call."""
+    stored = adapter.info.predicts_from != "maps"  # maps read from files are cheaper to read again than to store
+    stage = Stage(STAGE, adapter.source.version, stored=stored)
+    params = {"adapter": adapter.name, "options": _fingerprint(options)} if stored else {}
+    readable, outcomes = [], {}
+    for path in paths:
         try:
-            image = read_image(path)
+            readable.append((path, read_image(path), content_hash(path)))
         except RelearnError as exc:
-            yield path, BaseMapFailure(path, adapter.name, str(exc))
-            continue
-        digest = content_hash(path) if use_cache else None
-        cached = _cached_map(cache, digest, params) if use_cache else None
-        if cached is not None:
-            yield path, cached
-            continue
-        pending.append((path, image, digest))
-        if len(pending) >= batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
+            outcomes[path] = BaseMapFailure(path, adapter.name, str(exc))
+
+    def compute(indices: list[int]) -> list:
+        batch = [readable[i][:2] for i in indices]
+        return [BaseMap(result) if isinstance(result, np.ndarray) else result
+                for _, result in _predict_batch(adapter, batch, options)]
+
+    found = ws.run_batch(stage, [[digest] for _, _, digest in readable], params, compute, BaseMap)
+    for (path, _, _), result in zip(readable, found):
+        outcomes[path] = result.map if isinstance(result, BaseMap) else result
+    return [(path, outcomes[path]) for path in paths]
 
 
-def _cached_map(cache: Cache, digest: str, params: dict) -> np.ndarray | None:
-    """The stored map of an image, or None (absent or damaged: it is predicted again and stored)."""
-    arrays = cache.load(STAGE, (digest,), params)
-    return None if arrays is None else arrays.get("map")
+def base_maps(ws: Workspace, adapter: plugins.Adapter, image_paths: Sequence[str | os.PathLike],
+              options: Mapping[str, Any] | None = None, batch_size: int = 8
+              ) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
+    """Yield ``(image path, map or failure)`` for each image, in order, batch by batch as the executor finishes them.
 
-
-def predict_base_maps(
-    adapter: str | plugins.Adapter,
-    image_paths: Sequence[str | os.PathLike],
-    options: Mapping[str, Any] | None = None,
-    device: str | None = "auto",
-    cache: Cache | None = None,
-    batch_size: int = 8,
-) -> BaseMaps:
-    """Base maps for all images (float32 (H, W) in [0, 1], keyed by image path) and the images that failed."""
-    result = BaseMaps()
-    for path, outcome in iter_base_maps(adapter, image_paths, options, device, cache, batch_size):
-        if isinstance(outcome, BaseMapFailure):
-            result.failures.append(outcome)
-        else:
-            result.maps[path] = outcome
-    return result
+    :param adapter: the adapter (``relearn_core.plugins.get_adapter(name)``).
+    :param options: the user's options for the adapter (e.g. ``{"maps": DIR}``), overlaid on its defaults.
+    Maps of adapters that compute them are cached by (image content hash, adapter, adapter version, options).
+    """
+    options = adapter_options(adapter, options, ws.device)
+    paths = [Path(path) for path in image_paths]
+    batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    for found in ws.map(functools.partial(_batch_maps, ws, adapter, options), batches):
+        yield from found

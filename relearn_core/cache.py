@@ -2,7 +2,8 @@
 
 An entry is keyed by (content hashes of the images involved, stage name, stage parameters), stored as one
 compressed ``.npz`` file written atomically, so a second run reuses it and an interrupted run resumes where it stopped.
-The cache folder is ``$RELEARN_CACHE`` or ``~/.cache/relearn``.
+The cache folder is ``$RELEARN_CACHE`` or ``~/.cache/relearn``; on a cluster, a folder every worker reaches. Only the
+stage runner (relearn_core/workspace.py) reads and writes entries.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ class Cache:
         # and one of them computes it while the other waits for it
         self._entry_locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+
+    def __getstate__(self) -> dict:  # a worker process gets the folder, and locks of its own
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"])
 
     @staticmethod
     def key(hashes: tuple[str, ...] | list[str], params: dict) -> str:

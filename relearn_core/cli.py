@@ -79,6 +79,21 @@ def _parse_base_option(ctx, param, values):
     return tuple(parsed)
 
 
+EXECUTOR = click.option("--executor", type=click.Choice(["threads", "processes", "ray"]), default=None,
+                        help="Where the work runs (default $RELEARN_EXECUTOR, else threads): threads of this "
+                             "process, processes, or a Ray cluster ($RAY_ADDRESS, else a local one).")
+WORKERS = click.option("--workers", "executor_workers", type=click.IntRange(min=1), default=None,
+                       help="Images worked on at once (default: the CPU cores; one on a GPU).")
+
+
+def _workspace(device: str, no_cache: bool, executor: str | None, workers: int | None):
+    from .cache import Cache
+    from .executors import make_executor
+    from .workspace import Workspace
+
+    return Workspace(Cache(None) if no_cache else Cache(), device, make_executor(executor, workers, device))
+
+
 ADAPTER_FILES = click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path),
                              metavar="FILE", help="Load adapters from this Python file (repeatable).")
 
@@ -185,8 +200,10 @@ def adapters_new(name, folder):
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the maps (PNG, image stems).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per adapter call.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache of computed maps.")
+@EXECUTOR
+@WORKERS
 @reports_errors
-def predict(base, images_dir, out_dir, batch_size, no_cache):
+def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_workers):
     """Write the base model's saliency maps of the images as 8-bit PNGs named by image stem.
 
     Maps already in --out are kept (an interrupted run resumes). Images that fail are listed at the end and the
@@ -194,8 +211,8 @@ def predict(base, images_dir, out_dir, batch_size, no_cache):
     """
     from tqdm import tqdm
 
-    from .base import BaseMapFailure, iter_base_maps
-    from .cache import Cache
+    from .api import predict as predict_maps
+    from .base import BaseMapFailure, resolve_device
     from .errors import InputError
     from .imageio import images_in, write_map
 
@@ -206,7 +223,9 @@ def predict(base, images_dir, out_dir, batch_size, no_cache):
         raise InputError(out_dir, "the output folder must not be an input folder")
     todo = [path for stem, path in images.items() if not (Path(out_dir) / f"{stem}.png").exists()]
     failures: list[BaseMapFailure] = []
-    outcomes = iter_base_maps(adapter, todo, base.options(), base.device, None if no_cache else Cache(), batch_size)
+    device = resolve_device(base.device)
+    outcomes = predict_maps(todo, adapter, options=base.options(), batch_size=batch_size,
+                            workspace=_workspace(device, no_cache, executor, executor_workers))
     for path, outcome in tqdm(outcomes, total=len(todo), desc=f"predict {adapter.name}", unit="image", disable=None, file=sys.stderr):
         if isinstance(outcome, BaseMapFailure):
             failures.append(outcome)
@@ -276,14 +295,15 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
 @click.option("--ablation", is_flag=True, help="Also train and draw Fig. 11's components C1..C6 (the config's "
                                                "`ablation:` base and datasets, else the first re-learned base).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes training re-learners and wrapping images in parallel.")
+              help="Re-learners trained and wrapped at once (in processes, or on Ray with --executor ray).")
 @click.option("--no-relearn", is_flag=True, help="Leave out the Our(X) variants: score the bases and methods only.")
+@EXECUTOR
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache folder (default $RELEARN_CACHE or ~/.cache/relearn).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @reports_errors
-def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, cache_dir, workers, quiet):
+def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor, cache_dir, workers, quiet):
     """The paper's comparison from a YAML CONFIG: tables (Markdown, CSV, LaTeX) and PR / F-vs-threshold figures.
 
     Trains the re-learners that have no checkpoint and wraps the images that have no Our(X) map (k-fold on a dataset
@@ -302,7 +322,8 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, cache_di
         table_config = dataclasses.replace(table_config, bases=tuple(dataclasses.replace(base, relearn=None)
                                                                       for base in table_config.bases))
     components = (table_config.ablation or default_ablation(table_config)) if ablation else None
-    preparation = prepare(table_config, out_dir, jobs=jobs, cache=cache_dir, progress=not quiet, ablation=components)
+    preparation = prepare(table_config, out_dir, jobs=jobs, cache=cache_dir, progress=not quiet, ablation=components,
+                          executor=executor)
     result = build_table(preparation.config, progress=not quiet, workers=workers, errors=preparation.errors)
     for line in preparation.warnings + result.warnings:
         click.echo(f"relearn: warning: {line}", err=True)
@@ -329,7 +350,40 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, cache_di
                                         [*preparation.counts.items(), ("table cells", cells)]))
 
 
-# --- re-learning: `train` and `wrap` (relearn_core/pipeline.py) ---
+# --- re-learning: `train` and `wrap` (relearn_core/api.py) ---
+
+
+class StageProgress:
+    """``progress(stage, done, total)`` of the API shown as one bar per stage on a terminal (with an ETA), and as a
+    plain line per tenth of a stage elsewhere; nothing with ``--quiet``."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.terminal = sys.stderr.isatty()
+        self.bars: dict = {}
+        self.shown: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet or total <= 0:
+            return
+        if self.terminal:
+            from tqdm import tqdm
+
+            bar = self.bars.get(stage)
+            if bar is None:
+                bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="item", file=sys.stderr, leave=True)
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+            return
+        tenth = done * 10 // total
+        if tenth > self.shown.get(stage, -1) or done == total:
+            self.shown[stage] = tenth
+            click.echo(f"{stage} {done}/{total}", err=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def _echo_run_report(report, what: str) -> None:
@@ -337,6 +391,9 @@ def _echo_run_report(report, what: str) -> None:
         click.echo(f"relearn: {len(report.unreadable)} unreadable images skipped:", err=True)
         for path, problem in report.unreadable:
             click.echo(f"  {path}: {problem}", err=True)
+    if report.duplicates:
+        click.echo(f"relearn: {len(report.duplicates)} images are copies of others (used once): "
+                   f"{', '.join(report.duplicates)}", err=True)
     if report.base_failures:
         click.echo(f"relearn: the base failed on {len(report.base_failures)} images (left out):", err=True)
         for failure in report.base_failures:
@@ -344,13 +401,17 @@ def _echo_run_report(report, what: str) -> None:
     if report.missing_gt:
         click.echo(f"relearn: {len(report.missing_gt)} training images have no ground truth (skipped as targets, "
                    f"kept in the pool): {', '.join(report.missing_gt)}", err=True)
-    stages = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in report.seconds.items())
     pool = f"; pool of {report.pool_size} images" if report.pool_size else ""
-    click.echo(f"{what}{pool}; time by stage: {stages or 'all cached'}")
+    click.echo(f"{what}{pool}; time by stage, {report.timings.summary()}")
 
 
-def _progress(quiet: bool):
-    return (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+def _labelled(images_dir: Path, gt_dir: Path) -> tuple[list[Path], dict[Path, Path]]:
+    """The images of a folder and the masks of a folder matched to them by file stem."""
+    from .imageio import images_in, list_by_stem
+
+    images = images_in(images_dir)
+    masks = list_by_stem(gt_dir)
+    return list(images.values()), {path: masks[stem] for stem, path in images.items() if stem in masks}
 
 
 @main.command("train")
@@ -362,18 +423,23 @@ def _progress(quiet: bool):
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
 @click.option("--backbone", default=None, help="Feature backbone (default: handcrafted, needs no weights; vgg16-hed is the paper's).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML overriding fields of the re-learner's configuration (see relearn_core.pipeline.RelearnConfig).")
+              help="YAML overriding fields of the re-learner's configuration (see relearn_core.config.RelearnConfig).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
+@EXECUTOR
+@WORKERS
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @reports_errors
-def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_path, no_cache, quiet):
+def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_path, no_cache, executor,
+                  executor_workers, quiet):
     """Train a re-learner for a base model on labelled images; write one checkpoint file."""
     import yaml
 
+    from .api import train
     from .base import resolve_device
-    from .cache import Cache
+    from .checkpoint import save_checkpoint
+    from .config import RelearnConfig
     from .errors import InputError
-    from .pipeline import RelearnConfig, train
+    from .imageio import images_in
 
     config = RelearnConfig()
     if config_path is not None:
@@ -385,14 +451,21 @@ def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_pa
     if backbone:
         config = config.with_overrides({"backbone": backbone})
     device = resolve_device(base.device)
-    report = train(base.adapter(), images_dir, gt_dir, out_path, pools, options=base.options(), config=config,
-                   device=device, cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
+    images, masks = _labelled(images_dir, gt_dir)
+    progress = StageProgress(quiet)
+    try:
+        report = train(images, masks, base.adapter(), pools=[list(images_in(p).values()) for p in pools],
+                       options=base.options(), config=config,
+                       workspace=_workspace(device, no_cache, executor, executor_workers), progress=progress)
+    finally:
+        progress.close()
+    save_checkpoint(report.relearner, out_path)
     _echo_run_report(report, f"wrote {out_path}")
     _echo_held_out(report.relearner)
 
 
 def _echo_held_out(relearner) -> None:
-    """What the held-out training images said of the re-learner (the epoch choice of relearn_core/pipeline.py)."""
+    """What the held-out training images said of the re-learner (the epoch choice of relearn_core/training.py)."""
     held = relearner.summary.get("held_out_mae")
     if held is None:
         return
@@ -414,26 +487,46 @@ def _echo_held_out(relearner) -> None:
               help="Pool images (folder, repeatable); default: the other input images.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the Our(X) maps.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
+@EXECUTOR
+@WORKERS
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @reports_errors
-def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, quiet):
+def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executor, executor_workers, quiet):
     """Write Our(X) maps: the base model's maps re-learned against a pool (PNG, image stems).
 
     Maps already in --out are kept (an interrupted run resumes). Images with no usable neighbour keep their base map.
     """
+    from .api import wrap
     from .base import resolve_device
-    from .cache import Cache
-    from .pipeline import default_checkpoint, load_checkpoint, wrap
+    from .checkpoint import default_checkpoint, load_checkpoint
+    from .errors import InputError
+    from .imageio import images_in, write_map
 
     adapter = base.adapter()
+    out_dir = Path(out_dir)
+    inputs = [Path(images_dir).resolve()] + [Path(p).resolve() for p in pools]
+    if base.maps is not None:
+        inputs.append(base.maps.resolve())
+    if out_dir.resolve() in inputs:
+        raise InputError(out_dir, "the output folder must not be an input folder")
     device = resolve_device(base.device)
     relearner = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(adapter.name), adapter.name, device)
     _echo_held_out(relearner)
-    report = wrap(adapter, relearner, images_dir, out_dir, pools, options=base.options(), device=device,
-                  cache=Cache(None) if no_cache else Cache(), progress=_progress(quiet))
+    images = images_in(images_dir)
+    done = [stem for stem in images if (out_dir / f"{stem}.png").exists()]
+    todo = [path for stem, path in images.items() if stem not in done]
+    # without --pool the other input images are the pool, those already wrapped included
+    pool_images = [list(images_in(p).values()) for p in pools] or [list(images.values())]
+    progress = StageProgress(quiet)
+    try:
+        report = wrap(todo, relearner, adapter, pools=pool_images, options=base.options(),
+                      workspace=_workspace(device, no_cache, executor, executor_workers), progress=progress,
+                      write=lambda outcome: write_map(out_dir / f"{outcome.entry.name}.png", outcome.saliency))
+    finally:
+        progress.close()
     why = "the re-learner keeps the base" if relearner.keeps_base else "no usable neighbour or nothing unsure"
     _echo_run_report(report, f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "
                               f"({len(report.kept_base)} kept the base map: {why}; "
-                              f"{len(report.already_done)} were already there)")
+                              f"{len(done)} were already there)")
     if report.base_failures or report.unreadable:
         sys.exit(1)

@@ -171,6 +171,11 @@ def reset() -> None:
     _sources.clear()
 
 
+def loaded_adapter_files() -> list[Path]:
+    """The adapter files loaded in this process (a worker process loads the same ones, relearn_core/workspace.py)."""
+    return [Path(_sources[name].origin) for name in _sources if name.startswith("file:")]
+
+
 def load_adapter_file(path: str | os.PathLike) -> list[Adapter]:
     """Load a Python file of hook implementations (``--adapter FILE``); returns the adapters it provides."""
     global _adapters, _backbones

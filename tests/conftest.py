@@ -8,8 +8,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import sys
+
 import numpy as np
 import pytest
+
+# the flow tests use the accuracy tooling of the benchmarks (benchmarks/flow_accuracy.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from relearn_core.errors import InputError
 from relearn_core.shared_data import shared_data_dir

@@ -5,16 +5,24 @@ import pytest
 
 from relearn_core.correspondence.align import (
     AlignParams,
-    align_pair,
+    align_correspondence,
     membership,
     object_support,
     proposal_dissimilarity,
     superpixel_correspondence,
 )
+from relearn_core.correspondence.regions import proposals, superpixels
 from relearn_core.imageio import read_image, read_mask
-from relearn_core.correspondence.regions import Proposals, Superpixels, proposals, superpixels
+from relearn_core.records import Proposals, Superpixels
 
 SHIFT = (14, 9)  # the neighbour is the target's window moved by this many pixels (dx, dy)
+
+
+def align_pair(target_sp, neighbour_sp, target_pr, neighbour_pr, flow, cost, params=AlignParams()):
+    """The alignment of one pair from its regions and flow, as the align stage computes it."""
+    correspondence = superpixel_correspondence(target_sp, neighbour_sp, flow, cost)
+    return align_correspondence(correspondence, membership(target_pr, target_sp), membership(neighbour_pr, neighbour_sp),
+                                params)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The correspondence stage runner: bad input, the pool, caching and resuming, on small real images."""
+"""The correspondence stages through the stage runner: bad input, the pool, caching and resuming, on small real
+images."""
 
 import shutil
 
@@ -6,15 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from relearn_core.api import RunReport, read_entries
 from relearn_core.cache import Cache
-from relearn_core.correspondence.correspondence_builder import (
-    CorrespondenceBuilder,
-    CorrespondenceParams,
-    read_entry,
-    read_pool,
-)
-from relearn_core.errors import InputError
+from relearn_core.config import CorrespondenceParams
 from relearn_core.correspondence.flow import SiftFlowParams
+from relearn_core.correspondence.regions import superpixels_for
+from relearn_core.correspondence.retrieval import RetrievalIndex, descriptors_for
+from relearn_core.errors import InputError
+from relearn_core.imageio import images_in, read_entry
+from relearn_core.pipeline import Pool, correspondences
+from relearn_core.workspace import Workspace
 
 # small everything, so that a full run takes seconds: the stages are the real ones
 FAST = CorrespondenceParams(
@@ -47,6 +49,11 @@ def test_tiny_grey_and_rgba_images(tmp_path):
         read_entry(tmp_path / "broken.jpg")
 
 
+def pool_of(ws, entries):
+    return Pool(entries, {}, RetrievalIndex(descriptors_for(ws, entries), [e.hash for e in entries],
+                                            [e.name for e in entries]))
+
+
 def test_pool_skips_unreadable_tiny_and_duplicate_files(folders, tmp_path):
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -54,43 +61,47 @@ def test_pool_skips_unreadable_tiny_and_duplicate_files(folders, tmp_path):
     Image.new("RGB", (20, 20)).save(extra / "tiny.png")
     first = sorted(folders.iterdir())[0]
     shutil.copy(first, extra / "copy.png")
-    with pytest.warns(UserWarning, match="3 pool files skipped"):
-        pool = read_pool([folders, extra])
-    assert len(pool.entries) == 5
-    reasons = {path.name: reason for path, reason in pool.skipped}
-    assert set(reasons) == {"broken.jpg", "tiny.png", "copy.png"}
-    assert "duplicate" in reasons["copy.png"] and "32 px" in reasons["tiny.png"]
-    with pytest.raises(InputError, match="does not exist"):
-        read_pool([tmp_path / "missing"])
+    report = RunReport()
+    entries = read_entries([*images_in(folders).values(), *images_in(extra).values()], report)
+    assert len(entries) == 5
+    reasons = {path.split("/")[-1]: reason for path, reason in report.unreadable}
+    assert set(reasons) == {"broken.jpg", "tiny.png"} and "32 px" in reasons["tiny.png"]
+    assert [path.split("/")[-1] for path in report.duplicates] == ["copy.png"]
+    with pytest.raises(InputError, match="not a folder"):
+        images_in(tmp_path / "missing")
     # a data set folder (images/ inside) is read through its images/
     (tmp_path / "dataset" / "images").mkdir(parents=True)
     shutil.copy(first, tmp_path / "dataset" / "images" / first.name)
-    assert [e.name for e in read_pool([tmp_path / "dataset"]).entries] == [first.stem]
+    assert list(images_in(tmp_path / "dataset")) == [first.stem]
 
 
-def test_builder_caches_every_stage_and_resumes(folders, tmp_path):
-    pool = read_pool([folders]).entries
+def test_every_stage_is_cached_and_an_interrupted_run_resumes(folders, tmp_path):
+    entries = read_entries(images_in(folders).values(), RunReport())
     cache = Cache(tmp_path / "cache")
-    builder = CorrespondenceBuilder(pool, cache, FAST)
-    target = pool[0]
-    pairs = builder.correspondences(target)
+    ws = Workspace(cache)
+    target = entries[0]
+    with ws.measure() as timings:
+        pairs = correspondences(ws, target, pool_of(ws, entries), FAST)
     assert len(pairs) == 2 and all(p.neighbour.hash != target.hash for p in pairs)
-    target_sp = builder.superpixels(target)
+    target_sp = superpixels_for(ws, target, FAST.superpixels)
     for pair in pairs:
-        neighbour_sp = builder.superpixels(pair.neighbour)
+        neighbour_sp = superpixels_for(ws, pair.neighbour, FAST.superpixels)
         matches = pair.alignment.superpixel_matches
         assert len(matches) > 0
         assert matches[:, 0].max() < target_sp.count and matches[:, 1].max() < neighbour_sp.count
         assert len(pair.alignment.proposal_matches) > 0
         assert np.all(np.isfinite(pair.alignment.superpixel_distances))
-    assert builder.computed["flow"] == 2 and builder.computed["align"] == 2
-    assert len(builder.seconds["flow"]) == 2 and min(builder.seconds["flow"].values()) > 0
+    flow, align = timings.stages["flow"], timings.stages["align"]
+    assert (flow.computed, flow.cached, align.computed) == (2, 0, 2) and flow.computed_seconds > 0
 
-    # a second run (a new process would do the same) computes nothing and gives the same result
-    again = CorrespondenceBuilder(pool, cache, FAST)
-    repeat = again.correspondences(target)
-    assert not again.computed
-    assert again.seconds["flow"] == builder.seconds["flow"]  # compute times are kept in the entries
+    # a second run (a new process would do the same) computes nothing, gives the same result, and reports the
+    # compute time stored with the entries apart from the time spent now
+    again = Workspace(cache)
+    with again.measure() as repeated:
+        repeat = correspondences(again, target, pool_of(again, entries), FAST)
+    assert all(times.computed == 0 for name, times in repeated.stages.items() if name != "search")
+    assert repeated.stages["flow"].cached == 2
+    assert repeated.stages["flow"].cached_seconds == pytest.approx(flow.computed_seconds)
     for first, second in zip(pairs, repeat):
         assert np.array_equal(first.alignment.superpixel_matches, second.alignment.superpixel_matches)
 
@@ -98,25 +109,27 @@ def test_builder_caches_every_stage_and_resumes(folders, tmp_path):
     flow_entries = sorted((tmp_path / "cache" / "flow").glob("*.npz"))
     assert len(flow_entries) == 2
     flow_entries[0].unlink()
-    resumed = CorrespondenceBuilder(pool, cache, FAST)
-    resumed.correspondences(target)
-    assert resumed.computed["flow"] == 1 and "superpixels" not in resumed.computed
+    resumed = Workspace(cache)
+    with resumed.measure() as timings:
+        correspondences(resumed, target, pool_of(resumed, entries), FAST)
+    assert timings.stages["flow"].computed == 1 and timings.stages["superpixels"].computed == 0
     # a damaged flow entry (a disk error, a killed copy) is computed again, alone
     flow_entries[1].write_bytes(b"not an npz")
-    mended = CorrespondenceBuilder(pool, cache, FAST)
-    again_pairs = mended.correspondences(target)
-    assert mended.computed["flow"] == 1 and len(again_pairs) == 2
+    mended = Workspace(cache)
+    with mended.measure() as timings:
+        again_pairs = correspondences(mended, target, pool_of(mended, entries), FAST)
+    assert timings.stages["flow"].computed == 1 and len(again_pairs) == 2
     # no temporary files left behind
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
 def test_pool_smaller_than_k_warns_and_uses_what_there_is(folders, tmp_path):
-    pool = read_pool([folders]).entries[:2]
-    builder = CorrespondenceBuilder(pool, Cache(None), CorrespondenceParams(**{**FAST.__dict__, "neighbours": 5}))
+    entries = read_entries(images_in(folders).values(), RunReport())[:2]
+    ws = Workspace(Cache(None))
+    params = CorrespondenceParams(**{**FAST.__dict__, "neighbours": 5})
     with pytest.warns(UserWarning, match="only 1 usable"):
-        pairs = builder.correspondences(pool[0])
-    assert [p.neighbour.name for p in pairs] == [pool[1].name]
+        pairs = correspondences(ws, entries[0], pool_of(ws, entries), params)
+    assert [p.neighbour.name for p in pairs] == [entries[1].name]
     # a pool holding only the target itself gives no pairs, and says so
-    lonely = CorrespondenceBuilder(pool[:1], Cache(None), FAST)
     with pytest.warns(UserWarning, match="only 0 usable"):
-        assert lonely.correspondences(pool[0]) == []
+        assert correspondences(ws, entries[0], pool_of(ws, entries[:1]), FAST) == []

@@ -7,17 +7,18 @@ import torch
 
 from relearn_core import plugins
 from relearn_core.errors import RelearnError
+from relearn_core.correspondence.align import match_similarity
+from relearn_core.correspondence.regions import superpixels
+from relearn_core.imageio import list_by_stem, read_image, read_mask
+from relearn_core.records import Alignment, ImageEvidence, PairCorrespondence, PseudoGT, SuperpixelFeatures
 from relearn_core.relearning.features import (
-    SuperpixelFeatures,
     enlarged_boxes,
     feature_length,
-    pair_features,
+    instance_pairs,
     pool_superpixels,
     superpixel_boxes,
     superpixel_features,
 )
-from relearn_core.imageio import list_by_stem, read_image, read_mask
-from relearn_core.correspondence.regions import superpixels
 
 
 def _loop_pooling(level: np.ndarray, labels: np.ndarray, count: int, scale: float) -> np.ndarray:
@@ -102,7 +103,7 @@ def test_builtin_backbones_give_finite_features_of_the_advertised_length(crop, b
     image, _, regions = crop
     assert backbone in [b.name for b in plugins.get_backbones()]
     (result,) = superpixel_features([image], [regions], backbone=backbone)
-    assert isinstance(result, SuperpixelFeatures) and result.backbone == backbone
+    assert isinstance(result, SuperpixelFeatures)
     assert result.values.shape == (regions.count, feature_length(backbone))
     assert result.values.dtype == np.float32 and np.isfinite(result.values).all()
     assert result.values.std(axis=0).max() > 0  # superpixels differ
@@ -126,15 +127,43 @@ def test_features_of_a_batch_equal_features_one_at_a_time(crop):
     np.testing.assert_allclose(together[1].values, alone[0].values, rtol=1e-4, atol=1e-4)
 
 
-def test_pair_features_concatenate_target_and_aligned_rows(crop):
+def _evidence(regions, descriptor):
+    blank = np.zeros(regions.labels.shape, bool)
+    shares = np.zeros(regions.count)
+    return ImageEvidence(None, blank.astype(np.float32), regions, PseudoGT(blank, blank), descriptor, shares, shares,
+                         shares)
+
+
+def test_instance_pairs_hold_the_target_the_aligned_superpixel_and_g_most_trusted_first(crop):
     image, _, regions = crop
-    (target,) = superpixel_features([image], [regions], backbone="handcrafted")
-    aligned = SuperpixelFeatures(target.values[::-1].copy(), "handcrafted")
-    pairs = pair_features(target, np.array([0, 5]), aligned, np.array([1, 1]))
-    assert pairs.shape == (2, 2 * target.values.shape[1])
-    np.testing.assert_array_equal(pairs[1], np.concatenate([target.values[5], aligned.values[1]]))
-    with pytest.raises(RelearnError, match="backbone"):
-        pair_features(target, [0], SuperpixelFeatures(target.values, "vgg16-hed"), [0])
+    (values,) = superpixel_features([image], [regions], backbone="handcrafted")
+    target = _evidence(regions, values.values)
+    neighbours = [_evidence(regions, values.values[::-1].copy()), _evidence(regions, values.values + 1)]
+
+    def alignment(matches, distances, support):
+        matches = np.array(matches)
+        return Alignment(matches, np.array(distances, float), np.array(support, float), np.zeros((0, 2), int),
+                         np.zeros(0), matches)
+
+    # superpixel 3 is matched in both neighbours, more trusted in the second; superpixel 7 in the first only
+    first = alignment([[3, 10], [7, 2]], [2.0, 1.0], [0.5, 1.0])
+    second = alignment([[3, 4]], [1.0], [1.0])
+    pairs = instance_pairs(target, neighbours, [PairCorrespondence(None, None, 0.0, a) for a in (first, second)],
+                           neighbour_count=3, alignment="bilevel")
+    dim = values.values.shape[1]
+    assert pairs.cf.shape == (regions.count, 3, 2 * dim + 1)
+    g_first, g_second = match_similarity(np.array([2.0, 1.0]), np.array([0.5, 1.0])), match_similarity(
+        np.array([1.0]), np.array([1.0]))
+    assert g_second[0] > g_first[0]
+    assert pairs.source[3].tolist() == [1, 0, -1] and pairs.aligned[3].tolist() == [4, 10, -1]
+    np.testing.assert_array_equal(pairs.cf[3, 0], np.concatenate([values.values[3], values.values[4] + 1,
+                                                                   [np.float32(g_second[0])]]))
+    np.testing.assert_array_equal(pairs.cf[3, 1, dim:2 * dim], values.values[::-1][10])
+    assert pairs.valid[7].tolist() == [True, False, False] and not pairs.valid[0].any()
+    assert not pairs.cf[0].any() and not pairs.cf[3, 2].any()  # missing pairs are zeros
+    flow_only = instance_pairs(target, neighbours, [PairCorrespondence(None, None, 0.0, a) for a in (first, second)],
+                               neighbour_count=3, alignment="flow")
+    assert flow_only.similarity[3].tolist() == [1.0, 1.0, 0.0]
 
 
 def test_unknown_backbone_names_close_matches(crop):

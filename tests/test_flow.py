@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from flow_accuracy import flow_energy, warp_epe, warp_matrix, winner_take_all_flow
+
 from relearn_core.correspondence import flow
 from relearn_core.errors import RelearnError
 from relearn_core.imageio import read_image
@@ -27,20 +29,24 @@ def other_image(sod_dir):
     return cv2.resize(picture, (200, 134), interpolation=cv2.INTER_AREA)
 
 
+def sift_flow(target, neighbour, params=flow.SiftFlowParams()):
+    return flow.sift_flow_batch([target], [neighbour], params)[0]
+
+
 def _warp(picture, kind, amount):
-    matrix = flow.warp_matrix(kind, amount, picture.shape)
+    matrix = warp_matrix(kind, amount, picture.shape)
     height, width = picture.shape[:2]
     return cv2.warpAffine(picture, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def test_shift_and_scale_end_point_errors_meet_the_targets(image):
-    errors = flow.warp_epe(image, warps={"shift_10": ("shift", 10.0), "scale_1.1": ("scale", 1.1)})
+    errors = warp_epe(image, warps={"shift_10": ("shift", 10.0), "scale_1.1": ("scale", 1.1)})
     assert errors["shift_10"] < 1.0
     assert errors["scale_1.1"] < 2.0
 
 
 def test_flow_of_an_image_with_itself_is_zero(other_image):
-    field = flow.sift_flow(other_image, other_image, FAST)
+    field = sift_flow(other_image, other_image, FAST)
     assert field.flow.shape == (*other_image.shape[:2], 2) and field.flow.dtype == np.float32
     assert field.cost.shape == other_image.shape[:2] and field.cost.dtype == np.float32
     assert np.abs(field.flow).mean() < 0.05
@@ -50,7 +56,7 @@ def test_flow_of_an_image_with_itself_is_zero(other_image):
 def test_flow_is_in_the_neighbours_original_pixels(other_image):
     """A neighbour that is the target enlarged 1.5 times: target pixel x matches neighbour pixel 1.5 (x + 0.5) - 0.5."""
     bigger = cv2.resize(other_image, (300, 201), interpolation=cv2.INTER_LINEAR)
-    field = flow.sift_flow(other_image, bigger, FAST)
+    field = sift_flow(other_image, bigger, FAST)
     height, width = other_image.shape[:2]
     xs, ys = np.meshgrid(np.arange(width), np.arange(height))
     truth = np.stack([1.5 * (xs + 0.5) - 0.5 - xs, (201 / 134) * (ys + 0.5) - 0.5 - ys], axis=-1)
@@ -64,9 +70,9 @@ def test_smoothness_gives_a_lower_energy_and_a_better_flow_than_matching_each_pi
     with torch.no_grad():
         target, neighbour = flow.pair_descriptors([image], [shifted], params)
         _, chosen = flow.solve_flow(target, neighbour, params)
-        alone = flow.winner_take_all_flow(target, neighbour, params, radius=6)
-        energy_chosen = flow.flow_energy(target, neighbour, chosen, params)
-        energy_alone = flow.flow_energy(target, neighbour, alone, params)
+        alone = winner_take_all_flow(target, neighbour, params, radius=6)
+        energy_chosen = flow_energy(target, neighbour, chosen, params)
+        energy_alone = flow_energy(target, neighbour, alone, params)
     assert energy_chosen.item() < energy_alone.item()
     truth = 6.0 * 128 / max(image.shape[:2])  # the shift in working pixels, on both axes
     margin = (slice(None), slice(None), slice(8, -8), slice(8, -8))
@@ -80,9 +86,9 @@ def test_batched_pairs_equal_pairs_one_at_a_time(image, other_image):
     other_scaled = _warp(other_image, "scale", 0.9)
     batched = flow.sift_flow_batch([image, other_image, image], [shifted, other_scaled, other_scaled[:120]], SMALL)
     alone = [
-        flow.sift_flow(image, shifted, SMALL),
-        flow.sift_flow(other_image, other_scaled, SMALL),
-        flow.sift_flow(image, other_scaled[:120], SMALL),
+        sift_flow(image, shifted, SMALL),
+        sift_flow(other_image, other_scaled, SMALL),
+        sift_flow(image, other_scaled[:120], SMALL),
     ]
     for together, single in zip(batched, alone):
         assert np.isfinite(together.flow).all() and np.isfinite(together.cost).all()
@@ -103,7 +109,7 @@ def test_dense_sift_is_unit_norm_and_moves_with_the_image(image):
 
 def test_images_too_small_give_a_one_line_error(image):
     with pytest.raises(RelearnError) as caught:
-        flow.sift_flow(image, image[:20, :40])
+        sift_flow(image, image[:20, :40])
     message = str(caught.value)
     assert "\n" not in message and "neighbour" in message and "too small" in message
     with pytest.raises(RelearnError, match="targets but"):
@@ -145,25 +151,3 @@ def test_cpu_belief_propagation_equals_the_torch_version(image, monkeypatch):
     assert torch.equal(flow._decode(cost, fused, centre, 2)[1], flow._decode(cost, generic, centre, 2)[1])
     assert torch.equal(fused_integer, generic_integer)
     torch.testing.assert_close(fused_flow, generic_flow, rtol=0, atol=1e-6)
-
-
-def test_cpu_kernels_give_the_same_results_on_one_and_two_threads(image):
-    """The CPU kernels share a batch's pairs among torch's threads: the costs and beliefs of three pairs (split
-    unevenly between two threads) are bit-identical to those computed on one thread."""
-    crops = [image[20:200, 10:150], _warp(image, "scale", 1.1)[30:210, 15:155], _warp(image, "shift", 5.0)[:180, :140]]
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        with torch.no_grad():
-            target, neighbour = flow.pair_descriptors(crops, crops[1:] + crops[:1], SMALL)
-            _, integer = flow.solve_flow(target, neighbour, SMALL)
-            centre = integer + torch.randint(-2, 3, integer.shape, generator=torch.Generator().manual_seed(0))
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                cost = flow._data_cost(target, neighbour, centre, 2, SMALL.t)
-                results.append((cost, *flow._belief_propagation(cost, centre, 2, SMALL, 5)))
-    finally:
-        torch.set_num_threads(previous)
-    assert results[0][0].shape == (5, 5, 3, *target.shape[-2:])
-    for one, two in zip(*results):
-        assert torch.equal(one, two)

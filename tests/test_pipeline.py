@@ -13,14 +13,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from relearn_core import __version__
-from relearn_core.base import select_base
+from relearn_core.api import RunReport, prepare_pool, read_entries, train, wrap
 from relearn_core.cache import Cache
+from relearn_core.checkpoint import load_checkpoint, save_checkpoint
 from relearn_core.cli import main
-from relearn_core.correspondence.correspondence_builder import CorrespondenceBuilder, read_pool
+from relearn_core.config import RelearnConfig
 from relearn_core.errors import InputError, RelearnError
-from relearn_core.imageio import read_image, read_map, read_mask
-from relearn_core.pipeline import RelearnConfig, load_checkpoint, train, wrap
+from relearn_core.executors import LocalExecutor
+from relearn_core.imageio import read_image, read_map, read_mask, write_map
 from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
+from relearn_core.workspace import Workspace
 
 STEMS = ("100075", "100080", "100098", "101085", "101087", "102061")
 SMALL = {  # tiny images: few superpixels and a coarse flow keep the test fast
@@ -66,29 +68,39 @@ def config():
     return RelearnConfig().with_overrides(SMALL)
 
 
-@pytest.fixture(scope="session")
-def dss(tiny):
-    return select_base("dss", maps=tiny / "maps")
+def labelled(folder: Path, gt: Path) -> tuple[list[Path], dict[Path, Path]]:
+    images = sorted((folder / "images").glob("*.png"))
+    return images, {path: gt / path.name for path in images if (gt / path.name).exists()}
+
+
+def run_train(tiny, config, cache_dir, gt=None, executor=None) -> RunReport:
+    images, masks = labelled(tiny, gt or tiny / "gt")
+    return train(images, masks, "dss", options={"maps": str(tiny / "maps")}, config=config,
+                 workspace=Workspace(Cache(cache_dir), executor=executor))
 
 
 @pytest.fixture(scope="session")
-def trained(tiny, dss, config, cache_dir, tmp_path_factory):
+def trained(tiny, config, cache_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "dss.pt"
-    report = train(dss, tiny / "images", tiny / "gt", path, options={"maps": str(tiny / "maps")}, config=config,
-                   cache=Cache(cache_dir))
+    report = run_train(tiny, config, cache_dir)
+    save_checkpoint(report.relearner, path)
     return path, report
 
 
-def run_wrap(tiny, dss, checkpoint, out, cache_dir, images=None, pools=(), maps=None):
-    relearner = load_checkpoint(checkpoint, "dss")
-    return wrap(dss, relearner, images or tiny / "images", out, pools, options={"maps": str(maps or tiny / "maps")},
-                cache=Cache(cache_dir))
+def run_wrap(tiny, checkpoint, out, cache_dir, images=None, pools=(), maps=None, executor=None,
+             relearner=None) -> RunReport:
+    """The API's wrap of ``images`` (default: all six), its maps written into ``out``."""
+    relearner = relearner or load_checkpoint(checkpoint, "dss")
+    images = images or sorted((tiny / "images").glob("*.png"))
+    return wrap(images, relearner, "dss", pools=pools, options={"maps": str(maps or tiny / "maps")},
+                workspace=Workspace(Cache(cache_dir), executor=executor),
+                write=lambda outcome: write_map(Path(out) / f"{outcome.entry.name}.png", outcome.saliency))
 
 
 @pytest.fixture(scope="session")
-def wrapped(tiny, dss, trained, cache_dir, tmp_path_factory):
+def wrapped(tiny, trained, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ours")
-    return out, run_wrap(tiny, dss, trained[0], out, cache_dir)
+    return out, run_wrap(tiny, trained[0], out, cache_dir)
 
 
 def test_train_writes_a_checkpoint_for_the_base(trained, config):
@@ -121,23 +133,27 @@ def test_wrap_changes_only_unsure_pixels_and_keeps_the_base_elsewhere(tiny, wrap
     assert changed_somewhere, "the re-learner changed no image at all"
 
 
-def test_wrap_resumes_and_skips_existing_maps(tiny, dss, trained, wrapped, cache_dir, tmp_path):
+def test_cli_wrap_resumes_and_skips_existing_maps(tiny, trained, wrapped, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
     out, _ = wrapped
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     (copy / f"{STEMS[2]}.png").unlink()
     kept = copy / f"{STEMS[0]}.png"
     os.utime(kept, (1, 1))
-    report = run_wrap(tiny, dss, trained[0], copy, cache_dir)
-    assert report.written == [STEMS[2]]
-    assert sorted(report.already_done) == sorted(set(STEMS) - {STEMS[2]})
+    result = CliRunner().invoke(main, ["wrap", "--base", "dss", "--maps", str(tiny / "maps"), "--model", str(trained[0]),
+                                       "--images", str(tiny / "images"), "--out", str(copy), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 maps" in result.output and f"{len(STEMS) - 1} were already there" in result.output
     assert kept.stat().st_mtime == 1
+    # the pool is all six images, as when nothing was there: the same map
     np.testing.assert_array_equal(read_map(copy / f"{STEMS[2]}.png"), read_map(out / f"{STEMS[2]}.png"))
 
 
-def test_images_wrapped_side_by_side_give_the_same_maps(tiny, dss, trained, wrapped, tmp_path, monkeypatch):
-    """With two torch threads, wrap runs two images at once, each on one thread: the maps are those of one at a time."""
-    from relearn_core import pipeline
+def test_images_wrapped_side_by_side_give_the_same_maps(tiny, trained, wrapped, tmp_path, monkeypatch):
+    """Two threads wrap two images at once, each with torch on one thread: the maps are those of the default run, and
+    a lone image (all threads free) gets the map it gets beside others."""
+    from relearn_core import api
 
     seen = []
 
@@ -145,28 +161,28 @@ def test_images_wrapped_side_by_side_give_the_same_maps(tiny, dss, trained, wrap
         seen.append((threading.get_ident(), torch.get_num_threads()))
         return relearn_image(*args, **kwargs)
 
-    relearn_image = pipeline.relearn_image
-    monkeypatch.setattr(pipeline, "relearn_image", recording)
+    relearn_image = api.relearn_image
+    monkeypatch.setattr(api, "relearn_image", recording)
     torch.set_num_threads(2)
     try:
-        report = run_wrap(tiny, dss, trained[0], tmp_path / "out", tmp_path / "cache")
+        report = run_wrap(tiny, trained[0], tmp_path / "out", tmp_path / "cache", executor=LocalExecutor(2))
         assert torch.get_num_threads() == 2
+        lone = tiny / "images" / f"{STEMS[4]}.png"
+        run_wrap(tiny, trained[0], tmp_path / "lone", tmp_path / "cache2", images=[lone],
+                 pools=[sorted((tiny / "images").glob("*.png"))])
     finally:
         torch.set_num_threads(1)
-    assert len({thread for thread, _ in seen}) == 2 and {threads for _, threads in seen} == {1}
+    assert len({thread for thread, _ in seen[:len(STEMS)]}) == 2 and {threads for _, threads in seen} == {1}
     assert sorted(report.written) == sorted(STEMS) and report.kept_base == wrapped[1].kept_base
     for stem in STEMS:
         np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(wrapped[0] / f"{stem}.png"))
+    np.testing.assert_array_equal(read_map(tmp_path / "lone" / f"{STEMS[4]}.png"),
+                                  read_map(wrapped[0] / f"{STEMS[4]}.png"))
 
 
-def test_training_images_side_by_side_gives_the_same_re_learner(tiny, dss, config, trained, tmp_path):
-    torch.set_num_threads(2)
-    try:
-        train(dss, tiny / "images", tiny / "gt", tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
-              cache=Cache(tmp_path / "cache"))
-    finally:
-        torch.set_num_threads(1)
-    one, two = load_checkpoint(trained[0], "dss"), load_checkpoint(tmp_path / "m.pt", "dss")
+def test_training_images_side_by_side_gives_the_same_re_learner(tiny, config, trained, tmp_path):
+    report = run_train(tiny, config, tmp_path / "cache", executor=LocalExecutor(2))
+    one, two = load_checkpoint(trained[0], "dss"), report.relearner
     assert one.summary == two.summary
     for name, value in one.joint.state_dict().items():
         torch.testing.assert_close(two.joint.state_dict()[name], value, rtol=0, atol=0)
@@ -188,49 +204,50 @@ def test_checkpoint_for_another_base_or_version_is_refused(trained, tmp_path):
         load_checkpoint(junk, "dss")
 
 
-def test_missing_ground_truth_is_skipped_and_listed(tiny, dss, config, cache_dir, tmp_path):
+def test_missing_ground_truth_is_skipped_and_listed(tiny, config, cache_dir, tmp_path):
     gt = tmp_path / "gt"
     shutil.copytree(tiny / "gt", gt)
     (gt / f"{STEMS[1]}.png").unlink()
-    report = train(dss, tiny / "images", gt, tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
-                   cache=Cache(cache_dir))
+    report = run_train(tiny, config, cache_dir, gt=gt)
     assert report.missing_gt == [STEMS[1]]
     assert report.pool_size == len(STEMS)  # still in the pool
-    assert load_checkpoint(tmp_path / "m.pt", "dss").summary["targets"] == len(STEMS) - 1
+    assert report.relearner.summary["targets"] == len(STEMS) - 1
 
 
-def test_a_base_failing_on_some_images_is_listed_and_the_others_go_on(tiny, dss, trained, cache_dir, tmp_path):
+def test_a_base_failing_on_some_images_is_listed_and_the_others_go_on(tiny, trained, cache_dir, tmp_path):
     maps = tmp_path / "maps"
     shutil.copytree(tiny / "maps", maps)
     (maps / f"{STEMS[3]}.png").unlink()
-    report = run_wrap(tiny, dss, trained[0], tmp_path / "out", cache_dir, maps=maps)
+    report = run_wrap(tiny, trained[0], tmp_path / "out", cache_dir, maps=maps)
     assert [f.image.stem for f in report.base_failures] == [STEMS[3]]
     assert sorted(report.written) == sorted(set(STEMS) - {STEMS[3]})
 
 
-def test_an_image_with_no_usable_neighbour_keeps_its_base_map(tiny, dss, trained, cache_dir, tmp_path):
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    shutil.copy(tiny / "images" / f"{STEMS[0]}.png", alone)
+def test_an_image_with_no_usable_neighbour_keeps_its_base_map(tiny, trained, cache_dir, tmp_path):
     with pytest.warns(UserWarning, match="pool has only 0"):
-        report = run_wrap(tiny, dss, trained[0], tmp_path / "out", cache_dir, images=alone)
+        report = run_wrap(tiny, trained[0], tmp_path / "out", cache_dir, images=[tiny / "images" / f"{STEMS[0]}.png"])
     assert report.kept_base == [STEMS[0]]
     np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{STEMS[0]}.png"), read_map(tiny / "maps" / f"{STEMS[0]}.png"))
 
 
-def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(tiny, dss, trained, wrapped, config, cache_dir, tmp_path):
-    report = run_wrap(tiny, dss, trained[0], tmp_path / "out", cache_dir, pools=[tiny / "images"])
+def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(tiny, trained, wrapped, config, cache_dir, tmp_path):
+    images = sorted((tiny / "images").glob("*.png"))
+    report = run_wrap(tiny, trained[0], tmp_path / "out", cache_dir, pools=[images])
     assert sorted(report.written) == sorted(STEMS)
-    builder = CorrespondenceBuilder(read_pool([tiny / "images"]).entries, Cache(cache_dir), config.correspondence)
-    for entry in builder.pool:
-        assert entry.name not in [n.name for n, _ in builder.neighbours(entry)]
+    ws = Workspace(Cache(cache_dir))
+    entries = read_entries(images, RunReport())
+    maps = {e.hash: read_map(tiny / "maps" / f"{e.name}.png").astype(np.float32) for e in entries}
+    pool = prepare_pool(ws, entries, maps, config)
+    for entry in entries:
+        assert entry.name not in [n.name for n, _ in pool.neighbours(ws, entry, config.correspondence.neighbours)]
     for stem in STEMS:  # the same pool as the default: the same maps
         np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(wrapped[0] / f"{stem}.png"))
 
 
-def test_output_folder_may_not_be_an_input_folder(tiny, dss, trained, cache_dir):
-    with pytest.raises(InputError, match="must not be an input folder"):
-        run_wrap(tiny, dss, trained[0], tiny / "images", cache_dir)
+def test_output_folder_may_not_be_an_input_folder(tiny, trained):
+    result = CliRunner().invoke(main, ["wrap", "--base", "dss", "--maps", str(tiny / "maps"), "--model", str(trained[0]),
+                                       "--images", str(tiny / "images"), "--out", str(tiny / "images")])
+    assert result.exit_code == 2 and "must not be an input folder" in result.output
 
 
 def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
@@ -258,31 +275,28 @@ def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "unknown configuration field joint.'epoch'" in result.output
 
 
-def test_training_without_any_labelled_image_says_so(tiny, dss, config, cache_dir, tmp_path):
+def test_training_without_any_labelled_image_says_so(tiny, config, cache_dir, tmp_path):
     empty = tmp_path / "gt"
     empty.mkdir()
     with pytest.raises(RelearnError, match="has both a base map and ground truth"):
-        train(dss, tiny / "images", empty, tmp_path / "m.pt", options={"maps": str(tiny / "maps")}, config=config,
-              cache=Cache(cache_dir))
+        run_train(tiny, config, cache_dir, gt=empty)
 
 
 def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_images(tiny, config, cache_dir):
     """Epoch 0 of the epoch choice is the base itself: held_out_mae of the untrained model is the base maps' MAE."""
-    from relearn_core.correspondence.correspondence_builder import read_entry
+    from relearn_core.pipeline import prior_logit, target_pairs
     from relearn_core.relearning.joint import JointRelearner, PairBatch
-    from relearn_core.pipeline import (EvidenceStore, _with_neighbours, held_out_mae, instance_pairs, prior_logit,
-                                       relearn_region)
+    from relearn_core.training import held_out_mae
 
-    entries = [read_entry(tiny / "images" / f"{stem}.png") for stem in STEMS]
+    ws = Workspace(Cache(cache_dir))
+    entries = read_entries([tiny / "images" / f"{stem}.png" for stem in STEMS], RunReport())
     maps = {e.hash: read_map(tiny / "maps" / f"{e.name}.png").astype(np.float32) for e in entries}
-    builder = CorrespondenceBuilder(entries, Cache(cache_dir), config.correspondence)
-    store = EvidenceStore(maps, config.backbone, Cache(cache_dir))
+    pool = prepare_pool(ws, entries, maps, config)
     parts, groups, ids, images = [], [], [], []
     for entry in entries[:3]:
-        evidence = store.evidence(entry, builder)
-        correspondences, neighbours = _with_neighbours(entry, builder, store)
-        pairs = instance_pairs(evidence, neighbours, correspondences, config.joint.neighbours, config.alignment)
-        rows = relearn_region(evidence, config.min_unsure) & pairs.valid.any(1)
+        pairs = target_pairs(ws, entry, maps[entry.hash], pool, config)
+        evidence = pairs.evidence
+        rows = evidence.relearned(config.min_unsure) & pairs.valid.any(1)
         parts.append(PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), pairs.valid[rows],
                                prior_logit(evidence.base_mean[rows])))
         groups.append(np.full(int(rows.sum()), len(images)))
@@ -300,13 +314,12 @@ def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_ima
     assert abs(held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images) - base_error) > 1e-4
 
 
-def test_a_re_learner_that_kept_the_base_writes_the_base_maps_and_computes_nothing_else(tiny, dss, trained, tmp_path):
+def test_a_re_learner_that_kept_the_base_writes_the_base_maps_and_computes_nothing_else(tiny, trained, tmp_path):
     relearner = load_checkpoint(trained[0], "dss")
     relearner.summary["held_out_mae"] = {**relearner.summary["held_out_mae"], "epoch": 0}
     assert relearner.keeps_base
-    report = wrap(dss, relearner, tiny / "images", tmp_path / "out", options={"maps": str(tiny / "maps")},
-                  cache=Cache(tmp_path / "cache"))
+    report = run_wrap(tiny, None, tmp_path / "out", tmp_path / "cache", relearner=relearner)
     assert sorted(report.written) == sorted(report.kept_base) == sorted(STEMS)
     for stem in STEMS:
         np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(tiny / "maps" / f"{stem}.png"))
-    assert not (tmp_path / "cache" / "flow").exists() and set(report.seconds) <= {"base"}
+    assert not (tmp_path / "cache" / "flow").exists() and set(report.timings.stages) <= {"base"}

@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from relearn_core import plugins
-from relearn_core.base import BadOutputError, BaseMapFailure, predict_base_maps, validate_map
+from relearn_core.api import predict
+from relearn_core.base import BadOutputError, BaseMapFailure, validate_map
+from relearn_core.workspace import Workspace
 from relearn_core.cache import Cache
 from relearn_core.cli import main
 from relearn_core.errors import InputError
@@ -196,6 +198,18 @@ def test_bad_maps_from_an_adapter_are_rejected_naming_it(sod_subset, tmp_path, n
     assert not out.exists() or not any(out.iterdir())
 
 
+def predict_base_maps(name, image_paths, options, cache, batch_size=8):
+    """Maps by path and the failures, through the Python API."""
+    maps, failures = {}, []
+    for path, outcome in predict(image_paths, name, options=options, batch_size=batch_size,
+                                 workspace=Workspace(cache if cache is not None else Cache(None))):
+        if isinstance(outcome, BaseMapFailure):
+            failures.append(outcome)
+        else:
+            maps[path] = outcome
+    return maps, failures
+
+
 def test_validate_map_accepts_float_maps_and_clips_rounding():
     saliency = np.linspace(-1e-6, 1 + 1e-6, 12).reshape(3, 4)
     checked = validate_map("x", "img.jpg", saliency, (3, 4))
@@ -211,33 +225,32 @@ def test_predict_base_maps_caches_computed_maps_by_image_content(sod_subset, tmp
     log = tmp_path / "calls.log"
     image_paths = sorted(images.iterdir())
     cache = Cache(tmp_path / "cache")
-    first = predict_base_maps("fragile", image_paths, {"log_dir": str(tmp_path)}, "cpu", cache, batch_size=2)
+    first, _ = predict_base_maps("fragile", image_paths, {"log_dir": str(tmp_path)}, cache, batch_size=2)
     assert log.read_text().split() == stems
-    again = predict_base_maps("fragile", image_paths, {"log_dir": str(tmp_path)}, "cpu", cache, batch_size=2)
+    again, _ = predict_base_maps("fragile", image_paths, {"log_dir": str(tmp_path)}, cache, batch_size=2)
     assert log.read_text().split() == stems  # nothing predicted the second time
     for image in image_paths:
-        np.testing.assert_array_equal(first.maps[image], again.maps[image])
-        assert first.maps[image].dtype == np.float32
-    other = predict_base_maps("fragile", image_paths[:1], {"log_dir": str(tmp_path), "extra": 1}, "cpu", cache)
+        np.testing.assert_array_equal(first[image], again[image])
+        assert first[image].dtype == np.float32
+    _, failures = predict_base_maps("fragile", image_paths[:1], {"log_dir": str(tmp_path), "extra": 1}, cache)
     assert log.read_text().split()[-1] == stems[0]  # other options: another cache entry
-    assert other.failures == []
+    assert failures == []
 
 
 def test_predict_base_maps_isolates_the_failing_image_of_a_batch(sod_subset, tmp_path):
     images, _, stems = sod_subset
     plugins.load_adapter_file(adapter_file(tmp_path, FRAGILE_ADAPTER))
     image_paths = sorted(images.iterdir())
-    result = predict_base_maps("fragile", image_paths, {"fail_on": stems[1]}, "cpu", None, batch_size=4)
-    assert result.failures == [BaseMapFailure(image_paths[1], "fragile", "ValueError: cannot handle this one")]
-    assert sorted(result.maps) == [p for p in image_paths if p.stem != stems[1]]
+    maps, failures = predict_base_maps("fragile", image_paths, {"fail_on": stems[1]}, None, batch_size=4)
+    assert failures == [BaseMapFailure(image_paths[1], "fragile", "ValueError: cannot handle this one")]
+    assert sorted(maps) == [p for p in image_paths if p.stem != stems[1]]
 
 
 def test_unreadable_image_is_a_failure_naming_the_file(tmp_path):
     plugins.load_adapter_file(adapter_file(tmp_path, FRAGILE_ADAPTER))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    result = predict_base_maps("fragile", [broken], {}, "cpu", None)
-    (failure,) = result.failures
+    _, (failure,) = predict_base_maps("fragile", [broken], {}, None)
     assert failure.image == broken and "cannot be read as an image" in failure.problem
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from relearn_core.cli import main
 from relearn_core.errors import InputError
-from relearn_core.evaluation.regenerate import folds_of
+from relearn_core.evaluation.protocol import folds_of
 from relearn_core.evaluation.table import load_config
 
 PER_DATASET = 6
@@ -115,17 +115,18 @@ def test_cells_equal_relearn_eval_and_missing_maps_leave_an_empty_cell(data, rel
 
 
 def test_kfold_no_image_is_scored_by_a_model_trained_on_it(data, relearned):
-    from relearn_core.pipeline import load_checkpoint
+    from relearn_core.checkpoint import load_checkpoint
 
     _, out, _, _ = relearned
     ids = sorted(path.stem for path in (data / "SODa" / "gt").glob("*.png"))
     fold = dict(zip(ids, folds_of(len(ids), 2, 0)))
     for k in range(2):
-        work = next((out / "work" / "DSS").glob("C6-*")) / "SODa" / f"fold{k}of2"
-        trained_on = {path.stem for path in (work / "train" / "gt").iterdir()}
-        assert trained_on == {i for i in ids if fold[i] != k}
         checkpoint = next((out / "checkpoints" / "DSS").glob(f"C6-*.fold{k}of2.pt"))
-        assert load_checkpoint(checkpoint, "dss").summary["targets"] == len(trained_on)
+        summary = load_checkpoint(checkpoint, "dss").summary
+        trained_on = {name for name, _ in summary["trained_on"]}
+        assert trained_on == {i for i in ids if fold[i] != k} and summary["targets"] == len(trained_on)
+        held = {path.stem for path in next((out / "maps" / "SODa").glob("Our_DSS_-*")).glob("*.png") if fold[path.stem] == k}
+        assert held and not held & trained_on
     # SODb is wrapped by the re-learner trained on all of SODa
     assert len(list((out / "checkpoints" / "DSS").glob("C6-*.pt"))) == 3
 

@@ -35,14 +35,18 @@ Everything is vectorised: dense S x T and V x V arrays (a few hundred a side), s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numba
 import numpy as np
 from scipy import sparse
 
-from .regions import Proposals, Superpixels
+from ..errors import RelearnError
+from ..records import Alignment, FlowGrid, ImageEntry, Proposals, Superpixels
+from ..workspace import Stage, Workspace
+from .flow import SiftFlowParams, flow_key, grid_coordinates
 
+ALIGN_STAGE = Stage("align", 4)
 INITIAL_K = 10
 TAU_MEDIANS = 2.0  # unmatched-superpixel cost: this many times the median candidate distance
 
@@ -51,28 +55,6 @@ TAU_MEDIANS = 2.0  # unmatched-superpixel cost: this many times the median candi
 class AlignParams:
     initial_k: int = INITIAL_K  # top-K of the first iteration, shrinking by one per iteration
     object_keep: float = 0.5  # keep this fraction of the superpixel matches: those of lowest object-level cost
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """Result of aligning one target image with one neighbour.
-
-    ``superpixel_matches`` (M, 2) int rows (i, j), ``superpixel_distances`` (M,) d(S_i, S_j) (Eq. 2), ``support`` (M,)
-    the object-level support of each match; ``proposal_matches`` (P, 2) int rows (k, l) and
-    ``proposal_similarities`` (P,) g(P_k, P_l) (Eq. 3, lower is more similar)."""
-
-    superpixel_matches: np.ndarray
-    superpixel_distances: np.ndarray
-    support: np.ndarray
-    proposal_matches: np.ndarray
-    proposal_similarities: np.ndarray
-
-    def as_arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Alignment":
-        return cls(**{name: arrays[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -87,15 +69,6 @@ class SuperpixelCorrespondence:
         """SIFT Flow alone: (M, 2) rows (i, j), j the neighbour superpixel where most of S_i's pixels land."""
         matched = np.flatnonzero(self.counts.sum(1) > 0)
         return np.stack([matched, self.counts[matched].argmax(1)], 1)
-
-
-def grid_coordinates(grid_shape: tuple[int, int], image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Image-pixel coordinates (x, y) of the centres of a (h, w) sampling grid over an image of ``image_shape``."""
-    h, w = grid_shape
-    height, width = image_shape
-    xs = np.minimum(((np.arange(w) + 0.5) * width / w).astype(np.int64), width - 1)
-    ys = np.minimum(((np.arange(h) + 0.5) * height / h).astype(np.int64), height - 1)
-    return np.broadcast_to(xs[None, :], grid_shape), np.broadcast_to(ys[:, None], grid_shape)
 
 
 def superpixel_correspondence(target: Superpixels, neighbour: Superpixels, flow: np.ndarray,
@@ -255,24 +228,16 @@ def object_level_cost(matches: np.ndarray, distances: np.ndarray, target_members
     return np.where(containing > 0, averaged, own)
 
 
-def align_pair(target: Superpixels, neighbour: Superpixels, target_proposals: Proposals,
-               neighbour_proposals: Proposals, flow: np.ndarray, cost: np.ndarray,
-               params: AlignParams = AlignParams()) -> Alignment:
-    """The bi-level alignment of one (target, neighbour) pair (see the module docstring)."""
-    correspondence = superpixel_correspondence(target, neighbour, flow, cost)
-    return align_correspondence(correspondence, membership(target_proposals, target),
-                                membership(neighbour_proposals, neighbour), params)
-
-
 def align_correspondence(correspondence: SuperpixelCorrespondence, target_members: np.ndarray,
                          neighbour_members: np.ndarray, params: AlignParams = AlignParams()) -> Alignment:
-    """Eq. (1) by alternating top-K alignments, from the per-superpixel-pair correspondence and memberships."""
+    """Eq. (1) by alternating top-K alignments, from the per-superpixel-pair correspondence and memberships (and, for
+    comparison, SIFT Flow's own matches)."""
     distances = correspondence.distances
     candidates = np.isfinite(distances)
     rows = np.flatnonzero(candidates.any(1))
     if rows.size == 0:
         empty = np.zeros((0, 2), np.int64)
-        return Alignment(empty, np.zeros(0), np.zeros(0), empty, np.zeros(0))
+        return Alignment(empty, np.zeros(0), np.zeros(0), empty, np.zeros(0), correspondence.flow_matches())
     tau = max(TAU_MEDIANS * float(np.median(distances[candidates])), 1e-6)
     # start from SIFT Flow alone: where most of each superpixel's pixels land
     matches = np.full(distances.shape[0], -1, np.int64)
@@ -315,4 +280,59 @@ def align_correspondence(correspondence: SuperpixelCorrespondence, target_member
         support=chosen_support[keep].astype(np.float64),
         proposal_matches=np.stack([proposal_rows, proposal_cols], 1).astype(np.int64),
         proposal_similarities=g[proposal_rows, proposal_cols].astype(np.float64),
+        flow_matches=correspondence.flow_matches(),
     )
+
+
+@dataclass(frozen=True)
+class Regions:
+    """An image's superpixels and proposals, and which superpixels each proposal holds."""
+
+    superpixels: Superpixels
+    proposals: Proposals
+
+    @property
+    def members(self) -> np.ndarray:
+        return membership(self.proposals, self.superpixels)
+
+
+def alignments_for(ws: Workspace, target: ImageEntry, target_regions: Regions, neighbours: list[ImageEntry],
+                   neighbour_regions: list[Regions], flows: list[FlowGrid], align_params: AlignParams,
+                   flow_params: SiftFlowParams, grid: int, region_key: dict) -> list[Alignment]:
+    """The bi-level alignment of the target with each neighbour, cached. ``region_key`` holds the parameters that
+    fixed the regions (superpixel and proposal counts, edge map): they fix the alignment too."""
+    target_members = target_regions.members
+
+    def compute(indices: list[int]) -> list[Alignment]:
+        found = []
+        for i in indices:
+            correspondence = superpixel_correspondence(target_regions.superpixels, neighbour_regions[i].superpixels,
+                                                       flows[i].flow, flows[i].cost)
+            found.append(align_correspondence(correspondence, target_members, neighbour_regions[i].members,
+                                              align_params))
+        return found
+
+    params = {**asdict(align_params), **region_key, **flow_key(flow_params, grid)}
+    return ws.run_batch(ALIGN_STAGE, [[target.hash, n.hash] for n in neighbours], params, compute, Alignment)
+
+
+def match_similarity(distances: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """g in [0, 1] of superpixel matches: exp(-d / median d of the pair) times the object-level support.
+
+    d is Eq. (2)'s SIFT Flow distance (its scale depends on the image pair, hence the median), the support the share
+    of the proposals around the target superpixel that the bi-level alignment sent where its match lies.
+    """
+    if len(distances) == 0:
+        return np.zeros(0)
+    scale = max(float(np.median(distances)), 1e-6)
+    return np.exp(-np.asarray(distances) / scale) * np.asarray(support)
+
+
+def superpixel_matches(alignment: Alignment, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Superpixel matches (K, 2) and their g, from the bi-level alignment (``"bilevel"``) or SIFT Flow alone
+    (``"flow"``, g = 1)."""
+    if how == "bilevel":
+        return alignment.superpixel_matches, match_similarity(alignment.superpixel_distances, alignment.support)
+    if how == "flow":
+        return alignment.flow_matches, np.ones(len(alignment.flow_matches))
+    raise RelearnError(f"unknown alignment {how!r}: expected 'bilevel' or 'flow'")

@@ -15,10 +15,12 @@ scikit-image (compactness 20) 364 ms, recall 0.854, undersegmentation 0.025. Sam
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from ..records import ImageEntry, Proposals, Superpixels
+from ..workspace import Stage, Workspace
 
 SUPERPIXELS = 500
 SLIC_RULER = 20.0
@@ -27,32 +29,8 @@ EDGEBOXES = 1000
 PROPOSALS = 100
 EDGE_LONG_SIDE = 192
 
-
-@dataclass(frozen=True)
-class Superpixels:
-    """SLIC labels 0..count-1 of every pixel of the image (int32, (H, W))."""
-
-    labels: np.ndarray
-    count: int
-
-    def centroids(self) -> np.ndarray:
-        """(count, 2) mean (x, y) of each superpixel's pixels."""
-        height, width = self.labels.shape
-        flat = self.labels.ravel()
-        sizes = np.bincount(flat, minlength=self.count).astype(np.float64)
-        ys, xs = np.divmod(np.arange(flat.size), width)
-        return np.stack([np.bincount(flat, xs, self.count), np.bincount(flat, ys, self.count)], 1) / sizes[:, None]
-
-
-@dataclass(frozen=True)
-class Proposals:
-    """Object proposals: boxes (V, 4) int x0, y0, x1, y1 (x1, y1 exclusive) in image pixels, objectness (V,)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-
-    def centres(self) -> np.ndarray:
-        return np.stack([(self.boxes[:, 0] + self.boxes[:, 2]) / 2, (self.boxes[:, 1] + self.boxes[:, 3]) / 2], 1)
+SUPERPIXEL_STAGE = Stage("superpixels", 1, keep_in_memory=True)
+PROPOSAL_STAGE = Stage("proposals", 2, keep_in_memory=True)
 
 
 def superpixels(image: np.ndarray, count: int = SUPERPIXELS, ruler: float = SLIC_RULER) -> Superpixels:
@@ -205,3 +183,18 @@ def proposals(
     full[:, [0, 2]] = np.clip(full[:, [0, 2]], 0, width)
     full[:, [1, 3]] = np.clip(full[:, [1, 3]], 0, height)
     return Proposals(full, scores[keep].astype(np.float64))
+
+
+def superpixels_for(ws: Workspace, entry: ImageEntry, count: int = SUPERPIXELS) -> Superpixels:
+    """The image's SLIC superpixels, cached."""
+    return ws.run(SUPERPIXEL_STAGE, [entry.hash], {"count": count}, lambda: superpixels(entry.image, count),
+                  Superpixels)
+
+
+def proposals_for(ws: Workspace, entry: ImageEntry, count: int = PROPOSALS, candidates: int = EDGEBOXES,
+                  edge_method: str = "auto") -> Proposals:
+    """The image's proposals, cached; the key names the edge map actually used, so installing HED later does not
+    reuse Sobel-based entries."""
+    params = {"count": count, "candidates": candidates, "edges": resolve_edge_method(edge_method)}
+    return ws.run(PROPOSAL_STAGE, [entry.hash], params,
+                  lambda: proposals(entry.image, count, candidates, edge_method, ws.device), Proposals)

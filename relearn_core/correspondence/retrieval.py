@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
+from ..records import Descriptor, ImageEntry
+from ..workspace import Stage, Workspace
+
 GIST_SIZE = 128
 GIST_SCALES = 4
 GIST_ORIENTATIONS = 8
@@ -100,6 +103,18 @@ def describe_images(images: list[np.ndarray], device="cpu") -> np.ndarray:
         [hog(t, orientations=9, pixels_per_cell=(HOG_CELL, HOG_CELL), cells_per_block=(2, 2)) for t in thumbnails]
     )
     return (np.concatenate([_unit(gist_part), _unit(hog_part)], axis=1) / np.sqrt(2.0)).astype(np.float32)
+
+
+DESCRIPTOR_STAGE = Stage("descriptor", 1, keep_in_memory=True)
+
+
+def descriptors_for(ws: Workspace, entries: list[ImageEntry]) -> np.ndarray:
+    """GIST + HOG descriptors (N, D) of the entries, cached; the missing ones are computed in one batch."""
+    def compute(indices: list[int]) -> list[Descriptor]:
+        return [Descriptor(row) for row in describe_images([entries[i].image for i in indices], ws.device)]
+
+    found = ws.run_batch(DESCRIPTOR_STAGE, [[entry.hash] for entry in entries], {}, compute, Descriptor)
+    return np.stack([d.descriptor for d in found]) if found else np.zeros((0, descriptor_length()), np.float32)
 
 
 def descriptor_length() -> int:

@@ -1,5 +1,5 @@
 """The work a comparison table needs before it can be scored (``relearn table``): base maps of the adapters that compute
-them, the re-learners (``relearn train``) and the Our(X) maps (``relearn wrap``), and Fig. 11's components.
+them, the re-learners (``relearn_core.train``) and the Our(X) maps (``relearn_core.wrap``), and Fig. 11's components.
 
 Everything lands under the output folder and is reused on a rerun, so only missing work is done::
 
@@ -7,13 +7,15 @@ Everything lands under the output folder and is reused on a rerun, so only missi
     OUT/maps/<dataset>/Our(<base>)-<key>/         Our(X) maps (key: a hash of everything that fixes the re-learner)
     OUT/maps/<dataset>/ablation/<base>/C<n>-<key>/ Fig. 11's components C2..C5 (C1 is the base, C6 is Our(X))
     OUT/checkpoints/<base>/C<n>-<key>[.fold<k>of<K>].pt
-    OUT/work/                                     folders of links that give train/wrap each fold's images
 
 k-fold: when a base's re-learner trains on a dataset of the table, that dataset's images (those with a mask, ids
-sorted) are split by ``np.random.RandomState(seed).permutation``, the image at position p in fold p mod k (the protocol
-of benchmarks/relearn_cv.py); the Our(X) map of an image of fold k comes from the re-learner trained on the other folds,
-against a pool of those folds' images (plus the extra pool). Other datasets are wrapped by a re-learner trained on the
-whole training dataset. So no image is ever scored by a model that trained on it.
+sorted) are split by :func:`~relearn_core.evaluation.protocol.folds_of` (the protocol of benchmarks/relearn_cv.py); the
+Our(X) map of an image of fold k comes from the re-learner trained on the other folds, against a pool of those folds'
+images (plus the extra pool). Other datasets are wrapped by a re-learner trained on the whole training dataset. So no
+image is ever scored by a model that trained on it.
+
+The trainings and wraps are units of work run by an executor (relearn_core/executors.py): in this process one after
+another, each with its images side by side (``--jobs 1``), or ``--jobs N`` at a time in processes or on Ray.
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
 from tqdm import tqdm
 
 from ..errors import InputError, RelearnError
-from ..imageio import list_by_stem, write_map
+from ..imageio import images_in, list_by_stem, write_map
+from .protocol import COMPONENTS, FULL, component, folds_of
 from .table import (
     AblationSpec,
     BaseSpec,
@@ -43,18 +43,7 @@ from .table import (
     our_name,
 )
 
-FULL = "C6"
-ABLATION_COMPONENTS = ("C2", "C3", "C4", "C5")
-"""Fig. 11 (and benchmarks/relearn_cv.py): C1 the base; C2 re-learning without the pair filter, SIFT Flow matches, no
-extra pool; C3 with the filter and one classifier (M = 1); C4 with M = 5 and the joint classifier; C5 C4 with the extra
-pool; C6 C5 with the bi-level alignment of Eq. (1): the full method, Our(X)."""
-_COMPONENT_CHANGES: dict[str, tuple[dict, bool]] = {  # component -> (overrides on top of the base's, extra pool used)
-    "C2": ({"alignment": "flow", "use_filter": False}, False),
-    "C3": ({"alignment": "flow", "joint": {"neighbours": 1}}, False),
-    "C4": ({"alignment": "flow"}, False),
-    "C5": ({"alignment": "flow"}, True),
-    FULL: ({}, True),
-}
+ABLATION_COMPONENTS = tuple(c.name for c in COMPONENTS if c.name != FULL)
 
 
 @dataclass
@@ -83,13 +72,6 @@ class Preparation:
     ablation: dict[str, MethodSpec] = field(default_factory=dict)  #: component -> its maps per dataset (Fig. 11)
 
 
-def folds_of(count: int, folds: int, seed: int) -> np.ndarray:
-    """Fold of each of ``count`` sorted ids: its position in RandomState(seed).permutation(count), mod ``folds``."""
-    fold = np.empty(count, np.int64)
-    fold[np.random.RandomState(seed).permutation(count)] = np.arange(count) % folds
-    return fold
-
-
 def _merged(base: Mapping, extra: Mapping) -> dict:
     out = dict(base)
     for key, value in extra.items():
@@ -111,7 +93,7 @@ class Relearning:
     def key(self) -> str:
         """A short hash of everything that fixes the re-learner, so a changed config never reuses stale files."""
         from .. import __version__
-        from ..pipeline import RelearnConfig
+        from ..config import RelearnConfig
 
         spec = self.spec
 
@@ -149,23 +131,8 @@ class Relearning:
 
 
 def relearnings(base: BaseSpec, components=(FULL,)) -> list[Relearning]:
-    return [Relearning(base, component, base.relearn, _merged(base.relearn.overrides, _COMPONENT_CHANGES[component][0]),
-                       _COMPONENT_CHANGES[component][1]) for component in components]
-
-
-def _link_folder(folder: Path, files: list[Path], stems: list[str] | None = None) -> Path:
-    """``folder`` rebuilt to hold exactly ``files`` (symbolic links, copies where links are refused), under their own
-    names or, when given, ``stems`` (with their extensions)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for index, path in enumerate(files):
-        target = folder / (path.name if stems is None else stems[index] + path.suffix)
-        try:
-            target.symlink_to(path.resolve())
-        except OSError:
-            shutil.copy2(path, target)
-    return folder
+    return [Relearning(base, name, base.relearn, _merged(base.relearn.overrides, component(name).overrides),
+                       component(name).extra_pool) for name in components]
 
 
 @dataclass(frozen=True)
@@ -182,111 +149,115 @@ def dataset_files(dataset: DatasetSpec) -> DatasetFiles:
     return DatasetFiles(images, masks, sorted(set(images) & set(masks)))
 
 
-# --- work units, run in this process or in worker processes (--jobs) -------------------------------------------
+# --- units of work: one training or one wrap, run by the executor ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every unit of a table shares: the adapter files to load, the device, the cache folder."""
+
+    adapter_files: tuple[Path, ...]
+    device: str
+    cache: str | None
+
+    def workspace(self):
+        from ..cache import Cache
+        from ..workspace import Workspace
+
+        return Workspace(Cache() if self.cache is None else Cache(self.cache), self.device)
+
+    def adapter(self, name: str, options: Mapping[str, Any]):
+        from ..base import select_base
+
+        return select_base(name, self.adapter_files, options.get("maps"))
 
 
 @dataclass(frozen=True)
 class TrainUnit:
     adapter: str
-    adapter_files: tuple[Path, ...]
     options: Mapping[str, Any]
-    images: Path
-    gt: Path
-    pools: tuple[Path, ...]
+    images: tuple[Path, ...]
+    masks: tuple[tuple[Path, Path], ...]  #: (image, mask) of every training image
+    pools: tuple[tuple[Path, ...], ...]
     overrides: Mapping[str, Any]
     checkpoint: Path
-    device: str
-    cache: str | None
+    owner: str  #: what it is for, in messages
+
+    weight = 1
+
+    def run(self, settings: RunSettings, progress=None) -> dict:
+        """Train the re-learner and write its checkpoint; ``{"error": message}`` when it cannot be."""
+        from ..api import train
+        from ..checkpoint import save_checkpoint
+        from ..config import RelearnConfig
+
+        try:
+            report = train(self.images, dict(self.masks), settings.adapter(self.adapter, self.options),
+                           pools=self.pools, options=dict(self.options),
+                           config=RelearnConfig().with_overrides(self.overrides), workspace=settings.workspace())
+            save_checkpoint(report.relearner, self.checkpoint)
+        except RelearnError as exc:
+            return {"error": str(exc)}
+        return {"base_failures": [str(failure) for failure in report.base_failures]}
 
 
 @dataclass(frozen=True)
 class WrapUnit:
     adapter: str
-    adapter_files: tuple[Path, ...]
     options: Mapping[str, Any]
-    images: Path
-    pools: tuple[Path, ...]
+    images: tuple[Path, ...]
+    pools: tuple[tuple[Path, ...], ...]
     checkpoint: Path
     out: Path
-    device: str
-    cache: str | None
-    count: int  #: images to wrap
+
+    @property
+    def weight(self) -> int:
+        return len(self.images)
+
+    def run(self, settings: RunSettings, progress=None) -> dict:
+        """Wrap the images into ``out``; ``{"error": message}`` when it cannot be."""
+        from ..api import wrap
+        from ..checkpoint import load_checkpoint
+
+        def write(outcome) -> None:
+            write_map(self.out / f"{outcome.entry.name}.png", outcome.saliency)
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if progress is not None and stage == "wrap":
+                progress(1)
+
+        try:
+            adapter = settings.adapter(self.adapter, self.options)
+            relearner = load_checkpoint(self.checkpoint, adapter.name, settings.device)
+            report = wrap(self.images, relearner, adapter, pools=self.pools, options=dict(self.options),
+                          workspace=settings.workspace(), progress=advance, write=write)
+        except RelearnError as exc:
+            return {"error": str(exc)}
+        return {"written": len(report.written), "kept_base": len(report.kept_base),
+                "base_failures": [str(failure) for failure in report.base_failures]}
 
 
-def _adapter(unit):
-    from ..base import select_base
-
-    return select_base(unit.adapter, unit.adapter_files, unit.options.get("maps"))
+def _run_unit(settings: RunSettings, unit) -> dict:
+    return unit.run(settings)
 
 
-def _cache(unit):
-    from ..cache import Cache
-
-    return Cache() if unit.cache is None else Cache(unit.cache)
-
-
-def run_train(unit: TrainUnit) -> dict:
-    """Train one re-learner; ``{"error": message}`` when it cannot be."""
-    from ..pipeline import RelearnConfig, train
-
-    try:
-        config = RelearnConfig().with_overrides(unit.overrides)
-        report = train(_adapter(unit), unit.images, unit.gt, unit.checkpoint, unit.pools, options=dict(unit.options),
-                       config=config, device=unit.device, cache=_cache(unit))
-    except RelearnError as exc:
-        return {"error": str(exc)}
-    return {"base_failures": [str(failure) for failure in report.base_failures]}
-
-
-def run_wrap(unit: WrapUnit, progress: Callable[[str], None] = lambda message: None) -> dict:
-    """Wrap one folder of images into ``unit.out``; ``{"error": message}`` when it cannot be."""
-    from ..pipeline import load_checkpoint, wrap
-
-    try:
-        adapter = _adapter(unit)
-        relearner = load_checkpoint(unit.checkpoint, adapter.name, unit.device)
-        report = wrap(adapter, relearner, unit.images, unit.out, unit.pools, options=dict(unit.options),
-                      device=unit.device, cache=_cache(unit), progress=progress)
-    except RelearnError as exc:
-        return {"error": str(exc)}
-    return {"written": len(report.written), "kept_base": len(report.kept_base),
-            "base_failures": [str(failure) for failure in report.base_failures]}
-
-
-def _run_units(function, units: list, jobs: int, bar: tqdm, weight: Callable[[Any], int],
-               inline_progress: bool = False) -> list[dict]:
-    """Run ``function`` on every unit (in ``jobs`` processes when more than one), advancing ``bar`` as they finish."""
-    if jobs <= 1 or len(units) <= 1:
+def _run_units(executor, settings: RunSettings, units: list, bar: tqdm) -> list[dict]:
+    """Every unit's result, in order: in this process one after another (each its images side by side, the bar
+    advancing per image of a wrap), else by the executor (the bar advancing as units finish)."""
+    if executor is None:
         results = []
         for unit in units:
-            if inline_progress:
-                result = function(unit, lambda message: bar.update(1) if message.startswith("wrap ") else None)
-            else:
-                result = function(unit)
-                bar.update(weight(unit))
-            results.append(result)
+            results.append(unit.run(settings, bar.update))
+            if isinstance(unit, TrainUnit):
+                bar.update(unit.weight)
         return results
-    import multiprocessing
+    import functools
 
-    results: list[dict | None] = [None] * len(units)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_setup) as pool:
-        futures = {pool.submit(function, unit): index for index, unit in enumerate(units)}
-        for future in as_completed(futures):
-            index = futures[future]
-            try:
-                results[index] = future.result()
-            except Exception as exc:  # a crashed worker fails its unit only
-                results[index] = {"error": f"{type(exc).__name__}: {exc}"}
-            bar.update(weight(units[index]))
+    results = []
+    for unit, result in zip(units, executor.map(functools.partial(_run_unit, settings), units)):
+        results.append(result)
+        bar.update(unit.weight)
     return results
-
-
-def _worker_setup() -> None:
-    """One torch thread per worker: N workers on N cores, not N x N threads."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 # --- the stages --------------------------------------------------------------------------------------------------
@@ -294,18 +265,31 @@ def _worker_setup() -> None:
 
 class _Planner:
     def __init__(self, config: TableConfig, out: Path, jobs: int, cache: str | None, progress: bool,
-                 ablation: AblationSpec | None):
+                 ablation: AblationSpec | None, executor: str | None):
         from ..base import resolve_device
 
         self.config = config
         self.out = out
         self.jobs = max(1, jobs)
-        self.cache = cache
         self.progress = progress
         self.ablation = ablation
         self.device = resolve_device(config.device)
+        self.settings = RunSettings(tuple(config.adapter_files), self.device, cache)
+        self.executor_kind = executor
+        self._executor = None
         self.prep = Preparation(config)
         self.datasets = [d for d in config.datasets if d.gt.is_dir()]  # build_table reports the others
+
+    @property
+    def executor(self):
+        """Where units run: None (this process) for one job without a named executor; else processes (or the named
+        executor) with ``jobs`` workers."""
+        if self._executor is None and (self.jobs > 1 or self.executor_kind not in (None, "threads")):
+            from ..executors import make_executor
+
+            kind = self.executor_kind if self.executor_kind not in (None, "threads") else "processes"
+            self._executor = make_executor(kind, self.jobs)
+        return self._executor
 
     def bar(self, stage: str, total: int, unit: str) -> tqdm:
         return tqdm(total=total, desc=stage, unit=unit, leave=True, disable=None if self.progress else True)
@@ -322,8 +306,8 @@ class _Planner:
         return self.out / "maps" / _file_name(dataset) / _file_name(base.name)
 
     def base_maps(self) -> None:
-        from ..base import iter_base_maps, BaseMapFailure
-        from ..cache import Cache
+        from ..api import predict
+        from ..base import BaseMapFailure
 
         counts = self.prep.counts.setdefault("base maps", StageCounts("images"))
         todo = []
@@ -345,8 +329,9 @@ class _Planner:
         with self.bar("base maps", sum(len(item[3]) for item in todo), "image") as bar:
             for base, dataset, folder, missing in todo:
                 failures = []
-                cache = Cache() if self.cache is None else Cache(self.cache)
-                for path, outcome in iter_base_maps(base.adapter, missing, dict(base.options), self.device, cache):
+                adapter = self.settings.adapter(base.adapter, base.options)
+                for path, outcome in predict(missing, adapter, options=dict(base.options),
+                                             workspace=self.settings.workspace()):
                     if isinstance(outcome, BaseMapFailure):
                         failures.append(str(outcome))
                         counts.failed += 1
@@ -362,7 +347,7 @@ class _Planner:
 
     def base_options(self, base: BaseSpec, datasets: list[str], extra: tuple[Path, ...] = ()) -> dict:
         """The adapter options for running ``base`` on images of ``datasets`` (and of the maps folders ``extra``): a
-        maps-based base gets one folder with the maps of all of them (links), or its own folder when there is one."""
+        maps-based base gets the maps folders of all of them, searched in that order."""
         options = dict(base.options)
         if base.computes:
             return options
@@ -370,13 +355,7 @@ class _Planner:
         if len(folders) == 1:
             options["maps"] = str(folders[0])
         elif folders:
-            files = {}
-            for folder in reversed(folders):  # the first dataset's file wins a name clash
-                if folder.is_dir():
-                    files.update({path.name: path for path in folder.iterdir() if path.is_file()})
-            view = self.out / "work" / "maps" / _file_name(base.name) / "+".join(
-                _file_name(d) for d in [*datasets, *(f"extra{i}" for i in range(len(extra)))])
-            options["maps"] = str(_link_folder(view, list(files.values())))
+            options["maps"] = [str(folder) for folder in folders]
         return options
 
     # re-learning -----------------------------------------------------------------------------------------------
@@ -398,43 +377,44 @@ class _Planner:
             return
         train_counts = self.prep.counts.setdefault("re-learners", StageCounts("checkpoints"))
         wrap_counts = self.prep.counts.setdefault("Our(X) maps", StageCounts("images"))
-        train_units, train_owner, wrap_plan = [], [], []
+        train_units, wrap_plan = [], []
         for variant in variants:
             plan = self.plan_variant(variant)
-            for unit, owner in plan["train"]:
+            for unit in plan["train"]:
                 if unit.checkpoint.is_file():
                     train_counts.reused += 1
                 else:
                     train_units.append(unit)
-                    train_owner.append(owner)
             wrap_plan += plan["wrap"]
         with self.bar("train", len(train_units), "checkpoint") as bar:
-            results = _run_units(run_train, train_units, self.jobs, bar, lambda unit: 1)
+            results = _run_units(self.executor, self.settings, train_units, bar)
         failed_checkpoints = {}
-        for unit, owner, result in zip(train_units, train_owner, results):
+        for unit, result in zip(train_units, results):
             if "error" in result:
                 train_counts.failed += 1
                 failed_checkpoints[unit.checkpoint] = result["error"]
-                self.prep.warnings.append(f"training {owner} failed: {result['error']}")
+                self.prep.warnings.append(f"training {unit.owner} failed: {result['error']}")
             else:
                 train_counts.computed += 1
                 if result["base_failures"]:
-                    self.prep.warnings.append(f"training {owner}: the base failed on {len(result['base_failures'])} "
-                                              f"images (left out), e.g. {result['base_failures'][0]}")
+                    self.prep.warnings.append(f"training {unit.owner}: the base failed on "
+                                              f"{len(result['base_failures'])} images (left out), e.g. "
+                                              f"{result['base_failures'][0]}")
         wrap_units, wrap_owner = [], []
         for variant, dataset, unit in wrap_plan:
             if unit.checkpoint in failed_checkpoints or not unit.checkpoint.is_file():
-                wrap_counts.skipped += unit.count
+                wrap_counts.skipped += unit.weight
                 problem = failed_checkpoints.get(unit.checkpoint, f"{unit.checkpoint}: checkpoint not found")
                 self.fail(variant, dataset, f"its re-learner could not be trained: {problem}")
                 continue
-            wrap_units += self.split(unit, variant, dataset)
-            wrap_owner += [(variant, dataset)] * (len(wrap_units) - len(wrap_owner))
-        with self.bar("wrap", sum(unit.count for unit in wrap_units), "image") as bar:
-            results = _run_units(run_wrap, wrap_units, self.jobs, bar, lambda unit: unit.count, inline_progress=True)
+            parts = self.split(unit)
+            wrap_units += parts
+            wrap_owner += [(variant, dataset)] * len(parts)
+        with self.bar("wrap", sum(unit.weight for unit in wrap_units), "image") as bar:
+            results = _run_units(self.executor, self.settings, wrap_units, bar)
         for unit, (variant, dataset), result in zip(wrap_units, wrap_owner, results):
             if "error" in result:
-                wrap_counts.failed += unit.count
+                wrap_counts.failed += unit.weight
                 self.fail(variant, dataset, result["error"])
                 continue
             wrap_counts.computed += result["written"]
@@ -458,16 +438,15 @@ class _Planner:
         return [d for d in self.datasets if d.name in self.ablation.datasets]
 
     def plan_variant(self, variant: Relearning) -> dict:
-        """The checkpoints to train and the folders to wrap for one variant."""
+        """The checkpoints to train and the images to wrap for one variant."""
         spec, base = variant.spec, variant.base
         plan = {"train": [], "wrap": []}
-        common = dict(adapter=base.adapter, adapter_files=self.config.adapter_files, device=self.device, cache=self.cache)
-        work = self.out / "work" / _file_name(base.name) / f"{variant.component}-{variant.key}"
+        extra_pools = tuple(tuple(images_in(folder).values()) for folder in variant.pools)
         wrap_counts = self.prep.counts["Our(X) maps"]
         # a given checkpoint is used as it is: its training images are unknown here, so there is no k-fold
         training = self.config.dataset(spec.train) if spec.train and spec.checkpoint is None else None
         full_checkpoint = variant.checkpoint(self.out, None)
-        full_pool: tuple[Path, ...] = ()
+        full_pool: tuple[tuple[Path, ...], ...] = ()
         wanted = self.wanted(variant)
         full_training = None
         if training is not None:
@@ -479,12 +458,11 @@ class _Planner:
                 return plan
             images, masks, ids = found.images, found.masks, found.ids
             options = self.base_options(base, [training.name])
-            folder = work / _file_name(training.name) / "all"
-            all_images = _link_folder(folder / "images", [images[i] for i in ids])
-            all_gt = _link_folder(folder / "gt", [masks[i] for i in ids], ids)
-            full_pool = (all_images, *variant.pools)
-            full_training = TrainUnit(options=options, images=all_images, gt=all_gt, pools=variant.pools,
-                                      overrides=variant.overrides, checkpoint=full_checkpoint, **common)
+            all_images = tuple(images[i] for i in ids)
+            full_pool = (all_images, *extra_pools)
+            full_training = TrainUnit(base.adapter, options, all_images, tuple((images[i], masks[i]) for i in ids),
+                                      extra_pools, variant.overrides, full_checkpoint,
+                                      f"{variant.method} on all of its training set")
             fold = dict(zip(ids, folds_of(len(ids), spec.folds, spec.seed)))
             if training.name not in {dataset.name for dataset in wanted}:
                 ids = []  # an ablation component not drawn on its training dataset: no fold to re-learn
@@ -496,26 +474,28 @@ class _Planner:
             for k in range(spec.folds if ids else 0):
                 train_ids = [i for i in ids if fold[i] != k]
                 held = [i for i in ids if fold[i] == k and i not in done]
-                folder = work / _file_name(training.name) / f"fold{k}of{spec.folds}"
-                train_images = _link_folder(folder / "train" / "images", [images[i] for i in train_ids])
-                train_gt = _link_folder(folder / "train" / "gt", [masks[i] for i in train_ids], train_ids)
+                if not held:  # a fold whose maps are all there needs no re-learner
+                    continue
                 checkpoint = variant.checkpoint(self.out, k)
-                if held:  # a fold whose maps are all there needs no re-learner
-                    plan["train"].append((TrainUnit(options=options, images=train_images, gt=train_gt,
-                                                    pools=variant.pools, overrides=variant.overrides,
-                                                    checkpoint=checkpoint, **common),
-                                          f"{variant.method} fold {k} of {training.name}"))
-                    held_dir = _link_folder(folder / "held", [images[i] for i in held])
-                    plan["wrap"].append((variant, training.name, WrapUnit(
-                        options=options, images=held_dir, pools=(train_images, *variant.pools), checkpoint=checkpoint,
-                        out=out_dir, count=len(held), **common)))
+                train_images = tuple(images[i] for i in train_ids)
+                plan["train"].append(TrainUnit(base.adapter, options, train_images,
+                                               tuple((images[i], masks[i]) for i in train_ids), extra_pools,
+                                               variant.overrides, checkpoint,
+                                               f"{variant.method} fold {k} of {training.name}"))
+                plan["wrap"].append((variant, training.name, WrapUnit(
+                    base.adapter, options, tuple(images[i] for i in held), (train_images, *extra_pools), checkpoint,
+                    out_dir)))
         elif spec.train_images is not None:
             options = dict(base.options)
             if spec.train_maps is not None:
                 options["maps"] = str(spec.train_maps)
-            full_training = TrainUnit(options=options, images=spec.train_images, gt=spec.train_gt, pools=variant.pools,
-                                      overrides=variant.overrides, checkpoint=full_checkpoint, **common)
-            full_pool = (spec.train_images, *variant.pools)
+            train_images = tuple(images_in(spec.train_images).values())
+            masks = list_by_stem(spec.train_gt)
+            full_training = TrainUnit(base.adapter, options, train_images,
+                                      tuple((path, masks[path.stem]) for path in train_images if path.stem in masks),
+                                      extra_pools, variant.overrides, full_checkpoint,
+                                      f"{variant.method} on all of its training set")
+            full_pool = (train_images, *extra_pools)
         others = 0  # datasets wrapped by the re-learner trained on the whole training set
         for dataset in wanted:
             if training is not None and dataset.name == training.name:
@@ -528,34 +508,27 @@ class _Planner:
             out_dir = variant.maps_dir(self.out, dataset.name)
             done = set(list_by_stem(out_dir)) if out_dir.is_dir() else set()
             wrap_counts.reused += len(done & set(images))
-            todo = [images[stem] for stem in sorted(images) if stem not in done]
+            todo = tuple(images[stem] for stem in sorted(images) if stem not in done)
             if not todo:
                 continue
             names = [dataset.name] + ([training.name] if training is not None else [])
             extra = (spec.train_maps,) if training is None and spec.train_maps is not None else ()
             options = self.base_options(base, names, extra)
-            pools = full_pool or (dataset.images, *variant.pools)
-            folder = _link_folder(work / _file_name(dataset.name) / "todo", todo)
-            plan["wrap"].append((variant, dataset.name, WrapUnit(options=options, images=folder, pools=pools,
-                                                                 checkpoint=full_checkpoint, out=out_dir,
-                                                                 count=len(todo), **common)))
+            pools = full_pool or (tuple(images[stem] for stem in sorted(images)), *extra_pools)
+            plan["wrap"].append((variant, dataset.name, WrapUnit(base.adapter, options, todo, pools, full_checkpoint,
+                                                                 out_dir)))
             others += 1
         if others and full_training is not None:
-            plan["train"].append((full_training, f"{variant.method} on all of its training set"))
+            plan["train"].append(full_training)
         return plan
 
-    def split(self, unit: WrapUnit, variant: Relearning, dataset: str) -> list[WrapUnit]:
-        """A wrap unit cut into ``jobs`` parts (folders of links) so its images run in parallel."""
-        if self.jobs <= 1 or unit.count < 2:
+    def split(self, unit: WrapUnit) -> list[WrapUnit]:
+        """A wrap unit cut into one part per worker, so that its images run in parallel."""
+        workers = self.executor.workers if self.executor is not None else 1
+        if workers <= 1 or unit.weight < 2:
             return [unit]
-        files = sorted(unit.images.iterdir())
-        parts = min(self.jobs, len(files))
-        units = []
-        for index in range(parts):
-            chunk = files[index::parts]
-            folder = _link_folder(unit.images.parent / f"{unit.images.name}.part{index}", chunk)
-            units.append(replace(unit, images=folder, count=len(chunk)))
-        return units
+        parts = min(workers, unit.weight)
+        return [replace(unit, images=unit.images[index::parts]) for index in range(parts)]
 
     # the table's methods ---------------------------------------------------------------------------------------
 
@@ -579,7 +552,7 @@ class _Planner:
 
 
 def prepare(config: TableConfig, out_dir: str | os.PathLike, *, jobs: int = 1, cache: str | os.PathLike | None = None,
-            progress: bool = True, ablation: AblationSpec | None = None) -> Preparation:
+            progress: bool = True, ablation: AblationSpec | None = None, executor: str | None = None) -> Preparation:
     """Make every map the table needs that is not there yet (base maps, re-learners, Our(X) maps; Fig. 11's
     components when ``ablation`` is given), and return the table's methods.
 
@@ -587,9 +560,13 @@ def prepare(config: TableConfig, out_dir: str | os.PathLike, *, jobs: int = 1, c
     ``cache``: the on-disk cache folder (None: ``$RELEARN_CACHE`` or ``~/.cache/relearn``).
     """
     out = Path(out_dir)
-    planner = _Planner(config, out, jobs, None if cache is None else str(cache), progress, ablation)
-    planner.base_maps()
-    planner.relearn()
+    planner = _Planner(config, out, jobs, None if cache is None else str(cache), progress, ablation, executor)
+    try:
+        planner.base_maps()
+        planner.relearn()
+    finally:
+        if planner._executor is not None:
+            planner._executor.close()
     prep = planner.prep
     prep.config = replace(config, methods=planner.methods())
     if ablation is not None:

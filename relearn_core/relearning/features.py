@@ -17,7 +17,6 @@ the backbone's raw activations: a classifier should standardise them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
@@ -26,21 +25,17 @@ import torch
 
 from .. import plugins
 from ..errors import RelearnError
-from ..correspondence.regions import Superpixels
+from ..correspondence.align import superpixel_matches
+from ..records import ImageEntry, ImageEvidence, PairCorrespondence, SuperpixelFeatures, Superpixels, TargetPairs
+from ..workspace import Stage, Workspace, array_digest
 
 DEFAULT_BACKBONE = "handcrafted"  #: runs without weights; "vgg16-hed" is the paper's
 SURROUND_SCALE = 2.0
 BACKBONE_LONG_SIDE = 320  #: the image is shrunk to this long side before the backbone (speed on CPU)
 DENSE_COUNTS_LIMIT = 1 << 22  #: largest (superpixels x cells) count matrix pooled by one matrix product
 PIXEL_CHUNK = 1 << 14
-
-
-@dataclass(frozen=True)
-class SuperpixelFeatures:
-    """Features of one image's superpixels: float32 (S, F), row s for superpixel label s."""
-
-    values: np.ndarray
-    backbone: str
+FEATURE_STAGE = Stage("features", 1, keep_in_memory=True)
+CUES = 5  #: saliency cues appended to each superpixel's backbone feature (see ``saliency_cues``)
 
 
 def feature_length(backbone: str) -> int:
@@ -190,14 +185,61 @@ def superpixel_features(
             regions = superpixels[index]
             labels = torch.as_tensor(regions.labels, device=device)
             pooled = pool_superpixels([level[position] for level in levels], labels, regions.count, surround_scale)
-            results[index] = SuperpixelFeatures(pooled.cpu().numpy().astype(np.float32), backbone)
+            results[index] = SuperpixelFeatures(pooled.cpu().numpy().astype(np.float32))
     return results
 
 
-def pair_features(
-    target: SuperpixelFeatures, target_ids: np.ndarray, aligned: SuperpixelFeatures, aligned_ids: np.ndarray
-) -> np.ndarray:
-    """The instance-pair features CF = {target, aligned}: (N, 2F) for N pairs of superpixel ids."""
-    if target.backbone != aligned.backbone:
-        raise RelearnError(f"cannot pair features of backbone {target.backbone!r} with {aligned.backbone!r}")
-    return np.concatenate([target.values[np.asarray(target_ids)], aligned.values[np.asarray(aligned_ids)]], axis=1)
+def features_for(ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str = DEFAULT_BACKBONE
+                 ) -> SuperpixelFeatures:
+    """The features of the image's superpixels, cached (keyed by the image and its superpixels' content)."""
+    params = {"backbone": backbone, "superpixels": superpixels.count}
+    return ws.run(FEATURE_STAGE, [entry.hash, array_digest(superpixels.labels)], params,
+                  lambda: superpixel_features([entry.image], [superpixels], backbone, ws.device)[0],
+                  SuperpixelFeatures)
+
+
+def saliency_cues(base_mean: np.ndarray, trusted_salient: np.ndarray, trusted_background: np.ndarray,
+                  superpixels: Superpixels) -> np.ndarray:
+    """(S, CUES): the base's mean, the pseudo-GT's trusted shares and the superpixel's centroid (relative).
+
+    These carry what the base model says about a superpixel (and, for an aligned superpixel, about its counterpart in
+    the neighbour: the inter-image saliency the paper transfers); the backbone features carry appearance only.
+    """
+    height, width = superpixels.labels.shape
+    centroids = superpixels.centroids() / np.array([width, height])
+    return np.column_stack([base_mean, trusted_salient, trusted_background, centroids]).astype(np.float32)
+
+
+def instance_pairs(target: ImageEvidence, neighbours: list[ImageEvidence], correspondences: list[PairCorrespondence],
+                   neighbour_count: int, alignment: str) -> TargetPairs:
+    """CF = {target, aligned, g} for every target superpixel and its aligned superpixel in each neighbour, the M most
+    trusted (highest g) first; ``alignment`` is "bilevel" (Eq. (1)) or "flow" (SIFT Flow's matches alone)."""
+    count = target.superpixels.count
+    k = len(neighbours)
+    source = np.full((count, max(k, 1)), -1, np.int64)
+    aligned = np.full((count, max(k, 1)), -1, np.int64)
+    similarity = np.zeros((count, max(k, 1)))
+    for index, pair in enumerate(correspondences):
+        matches, g = superpixel_matches(pair.alignment, alignment)
+        if len(matches) == 0:
+            continue
+        source[matches[:, 0], index] = index
+        aligned[matches[:, 0], index] = matches[:, 1]
+        similarity[matches[:, 0], index] = g
+    # descending trust order per superpixel; missing matches last
+    order = np.argsort(-np.where(source >= 0, similarity + 1.0, 0.0), axis=1, kind="stable")[:, :neighbour_count]
+    source, aligned, similarity = (np.take_along_axis(a, order, 1) for a in (source, aligned, similarity))
+    pad = neighbour_count - source.shape[1]
+    if pad > 0:
+        source = np.pad(source, ((0, 0), (0, pad)), constant_values=-1)
+        aligned = np.pad(aligned, ((0, 0), (0, pad)), constant_values=-1)
+        similarity = np.pad(similarity, ((0, 0), (0, pad)))
+    dim = target.descriptor.shape[1]
+    cf = np.zeros((count, neighbour_count, 2 * dim + 1), np.float32)
+    cf[:, :, :dim] = target.descriptor[:, None, :]
+    for index, neighbour in enumerate(neighbours):
+        hit = source == index
+        cf[hit, dim : 2 * dim] = neighbour.descriptor[aligned[hit]]
+    cf[:, :, -1] = similarity
+    cf[source < 0] = 0.0
+    return TargetPairs(target, neighbours, source, aligned, similarity, cf)

@@ -22,7 +22,7 @@ corrections to the base rather than re-learning it from scratch.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import RelearnError
-from .pair_filter import Standardise, fc_stack, one_cpu_thread
+from .pair_filter import Standardise, fc_stack
 
 NEIGHBOURS = 5  #: M of the paper
 
@@ -47,16 +47,6 @@ class JointConfig:
     error_clamp: tuple[float, float] = (0.02, 0.48)
     validation_share: float = 0.2  #: share of training images held out to choose the epoch (0: train on all, keep the last)
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "JointConfig":
-        values = dict(values)
-        values["hidden"] = tuple(values["hidden"])
-        values["error_clamp"] = tuple(values["error_clamp"])
-        return cls(**values)
 
 
 @dataclass
@@ -176,12 +166,6 @@ def train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig = Join
     """
     if held_out is not None and held_out.any() and held_out_error is None:
         raise RelearnError("train_joint: rows are held out but no held_out_error tells how to score them")
-    with one_cpu_thread(device):
-        return _train_joint(pairs, target, config, device, held_out, held_out_error)
-
-
-def _train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig, device: str, held_out: np.ndarray | None,
-                 held_out_error: Callable[["JointRelearner"], float] | None) -> tuple["JointRelearner", list[list[float]]]:
     if pairs.keep.shape[1] != config.neighbours:
         raise RelearnError(f"the joint model has M={config.neighbours} classifiers but the pairs hold {pairs.keep.shape[1]} per target")
     if len(pairs) == 0:
@@ -227,8 +211,7 @@ def predict_joint(model: JointRelearner, pairs: PairBatch, device: str = "cpu", 
     """Re-learned saliency probability (N,) of each target superpixel (the joint classifier's sigmoid)."""
     model.eval().to(device)
     out = []
-    with one_cpu_thread(device):
-        for start in range(0, len(pairs), batch_size):
-            joint, _ = model(*pairs.take(slice(start, start + batch_size)).tensors(device))
-            out.append(torch.sigmoid(joint).cpu())
+    for start in range(0, len(pairs), batch_size):
+        joint, _ = model(*pairs.take(slice(start, start + batch_size)).tensors(device))
+        out.append(torch.sigmoid(joint).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

@@ -25,8 +25,7 @@ A pair is labelled 1 when both hold, else 0. Training samples positives and nega
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -93,6 +92,17 @@ def table1_labels(pgt_iou: np.ndarray, pair_iou: np.ndarray, t1: float = T1, t2:
     return (np.asarray(pgt_iou)[:, None] <= t1) & (np.asarray(pair_iou) > t2)
 
 
+def filter_candidates(labels: np.ndarray, negative_cap: int, seed: int) -> np.ndarray:
+    """Indices of every positive pair and of at most ``negative_cap`` random negative pairs of one training image:
+    negatives are plentiful, and keeping a share per image keeps the filter's training set small with wide features."""
+    rng = np.random.RandomState(seed)
+    positive = np.flatnonzero(labels)
+    negative = np.flatnonzero(~labels)
+    if len(negative) > negative_cap:
+        negative = rng.choice(negative, negative_cap, replace=False)
+    return np.sort(np.concatenate([positive, negative]))
+
+
 def balanced_sample(labels: np.ndarray, seed: int, positives: int = PAPER_POSITIVES, negatives: int = PAPER_NEGATIVES) -> np.ndarray:
     """Indices of a random sample with at most ``positives`` positives and negatives in the paper's 30 : 50 ratio.
 
@@ -150,15 +160,6 @@ class FilterConfig:
     threshold: float = 0.5  #: delta = 1 where the filter's probability exceeds it
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FilterConfig":
-        values = dict(values)
-        values["hidden"] = tuple(values["hidden"])
-        return cls(**values)
-
 
 class PairFilter(nn.Module):
     """FC5 layers and a binary classifier over the pair feature CF: the logit that a pair is worth re-learning from."""
@@ -172,21 +173,6 @@ class PairFilter(nn.Module):
 
     def forward(self, cf: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.fc5(self.standardise(cf))).squeeze(-1)
-
-
-@contextmanager
-def one_cpu_thread(device):
-    """Run small fully connected models on one CPU thread: their matrices are too small to gain from torch's thread
-    pool, which costs 30x per step when the CPU cores are busy with other work."""
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def fit_binary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, learning_rate: float, weight_decay: float, seed: int) -> None:
@@ -222,8 +208,8 @@ def train_pair_filter(cf: np.ndarray, labels: np.ndarray, config: FilterConfig =
     y = torch.from_numpy(labels[chosen].astype(np.float32)).to(device)
     model = PairFilter(cf.shape[1], config).to(device)
     model.standardise.fit(x)
-    with one_cpu_thread(device):
-        fit_binary(model, x, y, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed)
+    fit_binary(model, x, y, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+               weight_decay=config.weight_decay, seed=config.seed)
     return model
 
 
@@ -232,8 +218,7 @@ def filter_probability(model: PairFilter, cf: np.ndarray, device: str = "cpu", b
     """The filter's probability (P,) that each pair is valuable."""
     model.eval().to(device)
     cf = torch.from_numpy(np.asarray(cf, dtype=np.float32))
-    with one_cpu_thread(device):
-        out = [torch.sigmoid(model(cf[s : s + batch_size].to(device))).cpu() for s in range(0, len(cf), batch_size)]
+    out = [torch.sigmoid(model(cf[s : s + batch_size].to(device))).cpu() for s in range(0, len(cf), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 

@@ -28,30 +28,19 @@ are confident, and no CRF on the base map flags them: they stay in the trusted r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
 from ..errors import RelearnError
+from ..records import ImageEntry, PseudoGT
+from ..workspace import Stage, Workspace, array_digest
 
 AGGRESSIVE_THETA = (5.0, 1.0, 2.0)  #: (theta_alpha, theta_beta, theta_gamma) of CRFa, the paper's values
 CONSERVATIVE_THETA = (200.0, 50.0, 20.0)  #: of CRFc
 APPEARANCE_WEIGHT = 5.0  #: omega(1), as in the DSS post-processing CRF
 SMOOTHNESS_WEIGHT = 3.0  #: omega(2)
-
-
-@dataclass(frozen=True)
-class PseudoGT:
-    """Bi-level pseudo ground truth of one image: two disjoint bool (H, W) masks; pixels in neither are unsure."""
-
-    salient: np.ndarray
-    background: np.ndarray
-
-    @property
-    def unsure(self) -> np.ndarray:
-        return ~(self.salient | self.background)
+PSEUDO_GT_STAGE = Stage("pseudo_gt", 1, keep_in_memory=True)
 
 
 def _check_inputs(image: np.ndarray, base_map: np.ndarray) -> None:
@@ -152,6 +141,13 @@ def bilevel_pseudo_gt(
     salient_a = crf_salient_mask(image, base_map, aggressive, unary_clip=unary_clip, max_side=max_side)
     salient_c = crf_salient_mask(image, base_map, conservative, unary_clip=unary_clip, max_side=max_side)
     return PseudoGT(salient=salient_a & salient_c, background=~(salient_a | salient_c))
+
+
+def pseudo_gt_for(ws: Workspace, entry: ImageEntry, base_map: np.ndarray) -> PseudoGT:
+    """The bi-level pseudo GT of an image for a base map, cached (keyed by the image and the map's content)."""
+    params = {"aggressive": AGGRESSIVE_THETA, "conservative": CONSERVATIVE_THETA}
+    return ws.run(PSEUDO_GT_STAGE, [entry.hash, array_digest(base_map)], params,
+                  lambda: bilevel_pseudo_gt(entry.image, base_map), PseudoGT)
 
 
 def crf_refine(image: np.ndarray, base_map: np.ndarray, *, max_side: int | None = 400) -> np.ndarray:

@@ -21,8 +21,7 @@ import numba
 import numpy as np
 
 from ..errors import RelearnError
-from .pseudo_gt import PseudoGT
-from ..correspondence.regions import Superpixels
+from ..records import PseudoGT, Superpixels
 
 COLOUR_SIGMA = 8.0  #: CIELAB units (L in 0..100)
 POSITION_SIGMA = 0.5  #: in superpixel spacings (sqrt(image area / superpixel count))
@@ -140,7 +139,9 @@ def spatial_weighting(
     return value.reshape(height, width).astype(np.float32)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of probabilities clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP]: the base's logit, wherever it is
+    taken (the re-learner's prior, the join)."""
     p = np.clip(p, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
     return np.log(p) - np.log1p(-p)
 
@@ -171,11 +172,11 @@ def join_with_base(
     relearned = np.asarray(relearned, dtype=np.float64)
     # against the logit of the mean, the re-learner's own prior (joint.py): the mean of the logits differs from it on
     # a soft, mixed superpixel, and that bias alone moved Amulet's maps (SOD 5-fold: max F 0.8034 against 0.8066)
-    correction = _logit(relearned) - _logit(superpixel_means(base_map, superpixels))
+    correction = logit(relearned) - logit(superpixel_means(base_map, superpixels))
     correction[~np.isfinite(relearned)] = np.nan
     spread = spatial_weighting(image, superpixels, correction, colour_sigma, position_sigma)
     spread = np.nan_to_num(spread, nan=0.0)
-    base_logit = _logit(base_map)
+    base_logit = logit(base_map)
     # the change the correction makes to the clipped logit, added to the exact base value: no correction, no change
     corrected = np.clip(base_map + _sigmoid(base_logit + spread) - _sigmoid(base_logit), 0.0, 1.0)
     return np.where(pseudo_gt.unsure, corrected, base_map).astype(np.float32)

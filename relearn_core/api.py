@@ -1,0 +1,219 @@
+"""relearn's Python API: lists of images in, maps and re-learners out. The command line, ``relearn table`` and the
+benchmarks are shells over these functions.
+
+    import relearn_core as relearn
+
+    report = relearn.train(images, ground_truth, "dss", options={"maps": "maps/DSS"})   # images: paths
+    relearn.save_checkpoint(report.relearner, "dss.pt")
+    ours = relearn.wrap(new_images, report.relearner, "dss", options={"maps": "maps/DSS"})
+    ours.outcomes[0].saliency                                                         # float32 (H, W) in [0, 1]
+
+Every function takes a :class:`~relearn_core.workspace.Workspace` (cache, device, executor; a default one when none is
+given) and a ``progress(stage, done, total)`` callback. Unreadable images and images the base fails on are listed in
+the report and left out; the others go on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import plugins
+from .base import BaseMapFailure, base_maps
+from .checkpoint import Relearner
+from .config import RelearnConfig
+from .correspondence.retrieval import RetrievalIndex
+from .errors import InputError, RelearnError
+from .executors import one_torch_thread
+from .imageio import read_entry, read_mask
+from .pipeline import Pool, prepare_image, relearn_image, training_image
+from .records import ImageEntry, WrapOutcome
+from .training import Progress, fit, negative_cap
+from .workspace import Timings, Workspace
+
+ImagePath = str | os.PathLike
+
+
+@dataclass
+class RunReport:
+    """What a train or wrap run did: the re-learner (train), the maps (wrap), what was left out, the stage times."""
+
+    relearner: Relearner | None = None  #: the re-learner trained (train)
+    outcomes: list[WrapOutcome] = field(default_factory=list)  #: the Our(X) maps, when wrap was given no ``write``
+    written: list[str] = field(default_factory=list)  #: names (file stems) of the images wrapped
+    kept_base: list[str] = field(default_factory=list)  #: wrapped with the base map: no usable neighbour or pair
+    missing_gt: list[str] = field(default_factory=list)  #: training images without ground truth (pool only)
+    duplicates: list[str] = field(default_factory=list)  #: images left out as copies (same content) of others
+    base_failures: list[BaseMapFailure] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  #: (path, problem)
+    pool_size: int = 0
+    timings: Timings = field(default_factory=Timings)
+
+
+def _adapter(base: str | plugins.Adapter) -> plugins.Adapter:
+    return plugins.get_adapter(base) if isinstance(base, str) else base
+
+
+def _progress(progress: Progress | None) -> Progress:
+    return progress or (lambda stage, done, total: None)
+
+
+def read_entries(paths: Iterable[ImagePath], report: RunReport) -> list[ImageEntry]:
+    """The readable images, each content once (a copy is listed in ``report.duplicates``)."""
+    entries, seen = [], set()
+    for path in paths:
+        try:
+            entry = read_entry(path)
+        except InputError as exc:
+            report.unreadable.append((str(path), exc.problem))
+            continue
+        if entry.hash in seen:
+            report.duplicates.append(str(path))
+            continue
+        seen.add(entry.hash)
+        entries.append(entry)
+    return entries
+
+
+def _unique(entries: Iterable[ImageEntry]) -> list[ImageEntry]:
+    seen, out = set(), []
+    for entry in entries:
+        if entry.hash not in seen:
+            seen.add(entry.hash)
+            out.append(entry)
+    return out
+
+
+def _base_maps(ws: Workspace, adapter: plugins.Adapter, entries: list[ImageEntry], options, report: RunReport,
+               progress: Progress) -> dict[str, np.ndarray]:
+    """Base maps by content hash; the images the base fails on are listed in ``report.base_failures``."""
+    maps, by_path = {}, {entry.path: entry for entry in entries}
+    for done, (path, outcome) in enumerate(base_maps(ws, adapter, [e.path for e in entries], options), 1):
+        if isinstance(outcome, BaseMapFailure):
+            report.base_failures.append(outcome)
+        else:
+            maps[by_path[path].hash] = outcome
+        progress("base maps", done, len(entries))
+    return maps
+
+
+def prepare_pool(ws: Workspace, entries: list[ImageEntry], maps: Mapping[str, np.ndarray], config: RelearnConfig,
+                 progress: Progress | None = None) -> Pool:
+    """Descriptors, superpixels and pseudo-GT of every pool image (spread over the executor), and the retrieval index."""
+    progress = _progress(progress)
+    entries = [entry for entry in entries if entry.hash in maps]
+    descriptors = []
+    work = functools.partial(prepare_image, ws, config)
+    for done, descriptor in enumerate(ws.map(work, [(entry, maps[entry.hash]) for entry in entries]), 1):
+        descriptors.append(descriptor)
+        progress("pool", done, len(entries))
+    index = RetrievalIndex(np.stack(descriptors) if descriptors else np.zeros((0, 0), np.float32),
+                           [e.hash for e in entries], [e.name for e in entries], device=ws.device)
+    return Pool(entries, {e.hash: maps[e.hash] for e in entries}, index)
+
+
+def predict(images: Sequence[ImagePath], base: str | plugins.Adapter, *, options: Mapping | None = None,
+            workspace: Workspace | None = None, batch_size: int = 8
+            ) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
+    """The base model's map (float32 (H, W) in [0, 1]) or failure of each image, in order, as they are made."""
+    ws = workspace or Workspace()
+    with one_torch_thread():
+        yield from base_maps(ws, _adapter(base), images, options, batch_size)
+
+
+def train(images: Sequence[ImagePath], ground_truth: Mapping[ImagePath, ImagePath | np.ndarray],
+          base: str | plugins.Adapter, *, pools: Sequence[Sequence[ImagePath]] = (), options: Mapping | None = None,
+          config: RelearnConfig = RelearnConfig(), workspace: Workspace | None = None,
+          progress: Progress | None = None) -> RunReport:
+    """Train a re-learner for ``base`` on labelled images; the report's ``relearner`` is it.
+
+    :param images: the training images (of one or several datasets: copies by content are used once).
+    :param ground_truth: image path -> its mask (a file, or a bool array); images without one serve in the pool only.
+    :param pools: further images (unlabelled) for the pool; the training images are always in it. Pool images get
+        base maps and pseudo-GT, never ground truth.
+    """
+    adapter = _adapter(base)
+    ws = workspace or Workspace()
+    progress = _progress(progress)
+    report = RunReport()
+    masks = {Path(path): mask for path, mask in ground_truth.items()}
+    with one_torch_thread(), ws.measure() as timings:
+        entries = read_entries(images, report)
+        pool_entries = _unique(entries + read_entries([p for pool in pools for p in pool], report))
+        maps = _base_maps(ws, adapter, pool_entries, options, report, progress)
+        targets = []
+        for entry in entries:
+            if entry.hash not in maps:
+                continue
+            if entry.path not in masks:
+                report.missing_gt.append(entry.name)
+                continue
+            targets.append((entry, _mask(masks[entry.path], entry)))
+        if not targets:
+            raise RelearnError(f"none of the {len(entries)} training images has both a base map and ground truth")
+        pool = prepare_pool(ws, pool_entries, maps, config, progress)
+        report.pool_size = len(pool.entries)
+        work = functools.partial(training_image, ws, config, pool, negative_cap(config, len(targets)))
+        found = []
+        items = [(number, entry, maps[entry.hash], gt) for number, (entry, gt) in enumerate(targets, 1)]
+        for done, image in enumerate(ws.map(work, items), 1):
+            found.append(image)
+            progress("pairs", done, len(items))
+        report.relearner = fit(adapter.name, found, config, ws.device, progress)
+    report.timings = timings
+    return report
+
+
+def _mask(mask: ImagePath | np.ndarray, entry: ImageEntry) -> np.ndarray:
+    gt = np.asarray(mask, dtype=bool) if isinstance(mask, np.ndarray) else read_mask(mask)
+    if gt.shape != entry.image.shape[:2]:
+        where = mask if not isinstance(mask, np.ndarray) else entry.path
+        raise InputError(where, f"mask is {gt.shape[1]}x{gt.shape[0]}, image {entry.path.name} is "
+                                f"{entry.image.shape[1]}x{entry.image.shape[0]}")
+    return gt
+
+
+def wrap(images: Sequence[ImagePath], relearner: Relearner, base: str | plugins.Adapter, *,
+         pools: Sequence[Sequence[ImagePath]] = (), options: Mapping | None = None,
+         workspace: Workspace | None = None, progress: Progress | None = None,
+         write: Callable[[WrapOutcome], None] | None = None) -> RunReport:
+    """Our(X) maps of the images: ``write(outcome)`` is called for each as it is made (without ``write`` the maps are
+    kept in the report's ``outcomes``).
+
+    Without ``pools`` the images themselves are the pool (an image is never its own neighbour). An image with no usable
+    neighbour keeps its base map, and so do all images when the re-learner keeps the base
+    (``Relearner.keeps_base``: then nothing beyond the base runs).
+    """
+    adapter = _adapter(base)
+    if relearner.base != adapter.name:
+        raise RelearnError(f"the re-learner was trained for base {relearner.base!r}, not {adapter.name!r}")
+    ws = workspace or Workspace()
+    progress = _progress(progress)
+    report = RunReport(relearner=relearner)
+    write = write or report.outcomes.append
+    with one_torch_thread(), ws.measure() as timings:
+        entries = read_entries(images, report)
+        if relearner.keeps_base:  # its held-out training images chose the base: no pool or correspondence is needed
+            maps = _base_maps(ws, adapter, entries, options, report, progress)
+            outcomes: Iterable[WrapOutcome] = (WrapOutcome(e, maps[e.hash], False) for e in entries if e.hash in maps)
+        else:
+            pool_entries = _unique(read_entries([p for pool in pools for p in pool], report)) if pools else entries
+            maps = _base_maps(ws, adapter, _unique(entries + pool_entries), options, report, progress)
+            pool = prepare_pool(ws, pool_entries, maps, relearner.config, progress)
+            report.pool_size = len(pool.entries)
+            targets = [(entry, maps[entry.hash]) for entry in entries if entry.hash in maps]
+            outcomes = ws.map(functools.partial(relearn_image, ws, relearner, pool), targets)
+        total = sum(entry.hash in maps for entry in entries)
+        for done, outcome in enumerate(outcomes, 1):
+            write(outcome)
+            report.written.append(outcome.entry.name)
+            if not outcome.relearned:
+                report.kept_base.append(outcome.entry.name)
+            progress("wrap", done, total)
+    report.timings = timings
+    return report

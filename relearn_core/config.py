@@ -1,0 +1,80 @@
+"""Everything that fixes a re-learner: one frozen record, stored in its checkpoint and checked when it is used."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from typing import Mapping
+
+from .correspondence.align import AlignParams
+from .correspondence.flow import FLOW_GRID, SiftFlowParams
+from .correspondence.regions import EDGEBOXES, PROPOSALS, SUPERPIXELS
+from .correspondence.retrieval import NEIGHBOURS
+from .errors import RelearnError
+from .relearning.features import DEFAULT_BACKBONE
+from .relearning.joint import JointConfig
+from .relearning.pair_filter import FilterConfig
+
+
+@dataclass(frozen=True)
+class CorrespondenceParams:
+    """The correspondence stages' settings (paper Section III): retrieval, regions, SIFT Flow, alignment."""
+
+    neighbours: int = NEIGHBOURS
+    superpixels: int = SUPERPIXELS
+    edge_boxes: int = EDGEBOXES
+    proposals: int = PROPOSALS
+    edge_method: str = "auto"
+    flow_grid: int = FLOW_GRID
+    align: AlignParams = AlignParams()
+    flow: SiftFlowParams = SiftFlowParams()
+
+
+@dataclass(frozen=True)
+class RelearnConfig:
+    """Everything that fixes a re-learner; stored in the checkpoint and checked when it is used."""
+
+    backbone: str = DEFAULT_BACKBONE
+    correspondence: CorrespondenceParams = CorrespondenceParams()
+    alignment: str = "bilevel"  #: "bilevel" (Eq. (1), top-K alternation) or "flow" (SIFT Flow matches alone)
+    use_filter: bool = True  #: False: every aligned pair is kept (delta = 1), ablation C2
+    min_unsure: float = 0.2  #: a superpixel is re-learned when at least this share of it is pseudo-GT unsure
+    filter: FilterConfig = FilterConfig()
+    joint: JointConfig = JointConfig()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, overrides: Mapping) -> "RelearnConfig":
+        """A copy with nested fields replaced, e.g. ``{"joint": {"epochs": 10}, "backbone": "vgg16-hed"}``."""
+
+        def merge(base: dict, extra: Mapping, where: str) -> dict:
+            for key, value in extra.items():
+                if key not in base:
+                    raise RelearnError(f"unknown configuration field {where}{key!r}; known: {', '.join(base)}")
+                base[key] = merge(dict(base[key]), value, f"{where}{key}.") if isinstance(base[key], dict) else value
+            return base
+
+        return RelearnConfig.from_dict(merge(self.to_dict(), overrides, ""))
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "RelearnConfig":
+        return _dataclass_from_dict(cls, values)
+
+
+def _dataclass_from_dict(cls, values: Mapping):
+    """Rebuild a (nested) frozen dataclass from ``asdict`` output: nested records by their default's type, lists
+    back to tuples where the default is a tuple. Fields absent from ``values`` keep their defaults."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise RelearnError(f"unknown configuration fields {sorted(unknown)} for {cls.__name__}")
+    built = {}
+    for name, value in values.items():
+        field_info = known[name]
+        default = field_info.default if field_info.default is not MISSING else None
+        if default is not None and is_dataclass(default) and isinstance(value, Mapping):
+            value = _dataclass_from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        built[name] = value
+    return cls(**built)
