@@ -46,14 +46,14 @@ def relearn_backbones():
 def relearn_extract_features(backbone, images, device):
     if backbone == VGG16_HED:
         return vgg16_hed_features(images, device)
-    if backbone == HANDCRAFTED:
-        return handcrafted_features(images)
-    return None
+    return handcrafted_features(images)
 
 
 def _vgg16_hed(device: str) -> torch.nn.Sequential:
     if device not in _vgg_models:
-        from relearn_core.correspondence.hed import load_vgg16_features  # raises, saying how to install, when the weights are absent
+        from relearn_core.correspondence.hed import (
+            load_vgg16_features,  # raises, saying how to install, when the weights are absent
+        )
 
         layers = load_vgg16_features()[: _VGG16_LEVEL_OUTPUTS[-1] + 1]
         _vgg_models[device] = layers.to(device).eval()
@@ -90,9 +90,9 @@ def _handcrafted_maps(images: torch.Tensor) -> torch.Tensor:
         F.avg_pool2d(lab, cell, ceil_mode=True), size=(height, width), mode="bilinear", align_corners=False
     )
     contrast = (lab - surround).norm(dim=1, keepdim=True)
-    border = torch.cat(
-        [lab[..., 0, :], lab[..., -1, :], lab[..., :, 0], lab[..., :, -1]], dim=-1
-    ).mean(dim=-1)  # (N, 3) mean colour of the border pixels
+    border = torch.cat([lab[..., 0, :], lab[..., -1, :], lab[..., :, 0], lab[..., :, -1]], dim=-1).mean(
+        dim=-1
+    )  # (N, 3) mean colour of the border pixels
     border_distance = (lab - border[..., None, None]).norm(dim=1, keepdim=True)
     ys = torch.linspace(0, 1, height, device=images.device).view(1, 1, height, 1).expand(len(images), 1, height, width)
     xs = torch.linspace(0, 1, width, device=images.device).view(1, 1, 1, width).expand(len(images), 1, height, width)

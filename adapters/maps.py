@@ -46,7 +46,8 @@ def relearn_adapters():
 
 
 def find_map(folder: Path, stem: str, suffix: str, extension: str) -> Path:
-    """The map file of image ``stem`` in ``folder``: ``stem + suffix + extension``, or any image extension if none is set."""
+    """The map file of image ``stem`` in ``folder``: ``stem + suffix + extension`` (any image extension if none is
+    set)."""
     extensions = [extension] if extension else list(IMAGE_SUFFIXES)
     for ext in extensions:
         for candidate in (folder / f"{stem}{suffix}{ext}", folder / f"{stem}{suffix}{ext.upper()}"):
@@ -57,7 +58,7 @@ def find_map(folder: Path, stem: str, suffix: str, extension: str) -> Path:
 
 
 def map_folders(adapter: str, maps) -> list[Path]:
-    """The ``maps`` option as folders: one folder, or a list of them searched in order (the maps of several datasets)."""
+    """The ``maps`` option as folders: one folder, or a list of them searched in order (maps of several datasets)."""
     if not maps:
         raise RelearnError(f"base {adapter!r} reads precomputed maps: give their folder with --maps DIR")
     folders = [Path(folder) for folder in ([maps] if isinstance(maps, (str, Path)) else maps)]
@@ -78,8 +79,6 @@ def _first_map(folders: list[Path], stem: str, suffix: str, extension: str) -> P
 
 @hookimpl
 def relearn_predict(adapter, images, names, options):
-    if adapter not in _infos():
-        return None
     folders = map_folders(adapter, options.get("maps"))
     suffix, extension = str(options.get("suffix") or ""), str(options.get("extension") or "")
     maps = []
@@ -87,6 +86,10 @@ def relearn_predict(adapter, images, names, options):
         path = _first_map(folders, stem, suffix, extension)
         saliency = read_map(path).astype(np.float32)
         if saliency.shape != image.shape[:2]:
-            raise InputError(path, f"map is {saliency.shape[1]}x{saliency.shape[0]} but image {stem!r} is {image.shape[1]}x{image.shape[0]}")
+            raise InputError(
+                path,
+                f"map is {saliency.shape[1]}x{saliency.shape[0]} but image {stem!r} is "
+                f"{image.shape[1]}x{image.shape[0]}",
+            )
         maps.append(saliency)
     return maps

@@ -19,8 +19,9 @@ The authors' detection and removal of artificial image frames is not done here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -202,7 +203,5 @@ def relearn_adapters() -> list[AdapterInfo]:
 
 @hookimpl
 def relearn_predict(adapter: str, images: Sequence[np.ndarray], names: Sequence[str], options: Mapping[str, Any]):
-    if adapter != NAME:
-        return None
     params = params_from_options(options)
     return [mbplus_saliency(image, params) for image in images]

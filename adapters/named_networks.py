@@ -30,8 +30,6 @@ def relearn_adapters():
 
 @hookimpl
 def relearn_predict(adapter, images, names, options):
-    entry = _entries().get(adapter)
-    if entry is None:
-        return None
+    entry = _entries()[adapter]
     generic = plugins.get_adapter(entry.format)
     return plugins.predict(generic, images, names, {**generic.info.options, **options})

@@ -12,9 +12,10 @@ import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -194,7 +195,8 @@ def postprocess(output: np.ndarray, images: Sequence[np.ndarray], config: Networ
 
 
 def _batches(count: int, config: NetworkConfig, fixed_batch: int | None) -> list[list[int]]:
-    """Index groups run together: one image at a time when sizes differ, else ``batch_size`` (or the model's fixed batch)."""
+    """Index groups run together: one image at a time when sizes differ, else ``batch_size`` (or the model's fixed
+    batch)."""
     step = fixed_batch or (config.batch_size if config.input_size is not None else 1)
     return [list(range(start, min(start + step, count))) for start in range(0, count, step)]
 
@@ -249,7 +251,9 @@ def predict_onnx(images: Sequence[np.ndarray], config: NetworkConfig) -> list[np
     network_input = session.get_inputs()[0]
     outputs = session.get_outputs()
     if config.output_index >= len(outputs):
-        raise RelearnError(f"{config.model}: output {config.output_index} requested but the model has {len(outputs)} outputs")
+        raise RelearnError(
+            f"{config.model}: output {config.output_index} requested but the model has {len(outputs)} outputs"
+        )
     shape = list(network_input.shape) if network_input.shape else []
     fixed = [dim if isinstance(dim, int) and dim > 0 else None for dim in shape]
     if config.input_size is None and len(fixed) == 4 and fixed[2] and fixed[3]:
@@ -302,10 +306,15 @@ def predict_torchscript(images: Sequence[np.ndarray], config: NetworkConfig) -> 
             result = module(torch.from_numpy(preprocess(group_images, config)).to(config.device))
         if isinstance(result, (list, tuple)):
             if config.output_index >= len(result):
-                raise RelearnError(f"{config.model}: output {config.output_index} requested but the model returns {len(result)} outputs")
+                raise RelearnError(
+                    f"{config.model}: output {config.output_index} requested but the model returns "
+                    f"{len(result)} outputs"
+                )
             result = result[config.output_index]
         if not isinstance(result, torch.Tensor):
-            raise RelearnError(f"{config.model}: output {config.output_index} is a {type(result).__name__}, not a tensor")
+            raise RelearnError(
+                f"{config.model}: output {config.output_index} is a {type(result).__name__}, not a tensor"
+            )
         maps.extend(postprocess(result.float().cpu().numpy(), group_images, config))
     return maps
 
@@ -315,8 +324,17 @@ def predict_torchscript(images: Sequence[np.ndarray], config: NetworkConfig) -> 
 _PREDICTORS = {"onnx": predict_onnx, "torchscript": predict_torchscript}
 
 
-_DEFAULT_OPTIONS = {"input_size": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "channel_order": "rgb",
-                    "input_scale": "255", "output": 0, "sigmoid": False, "minmax": True, "batch_size": 8}
+_DEFAULT_OPTIONS = {
+    "input_size": None,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "channel_order": "rgb",
+    "input_scale": "255",
+    "output": 0,
+    "sigmoid": False,
+    "minmax": True,
+    "batch_size": 8,
+}
 
 
 @hookimpl
@@ -339,7 +357,4 @@ def relearn_adapters() -> list[AdapterInfo]:
 
 @hookimpl
 def relearn_predict(adapter: str, images: Sequence[np.ndarray], names: Sequence[str], options: Mapping[str, Any]):
-    predictor = _PREDICTORS.get(adapter)
-    if predictor is None:
-        return None
-    return predictor(images, config_from_options(options))
+    return _PREDICTORS[adapter](images, config_from_options(options))

@@ -9,8 +9,9 @@ min-max normalised per image and resized back to the image's size.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,4 @@ def relearn_adapters() -> list[AdapterInfo]:
 
 @hookimpl
 def relearn_predict(adapter: str, images: Sequence[np.ndarray], names: Sequence[str], options: Mapping[str, Any]):
-    if adapter != NAME:
-        return None
     return predict(images, device=str(options.get("device", "cpu")))

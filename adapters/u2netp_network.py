@@ -49,7 +49,11 @@ FEATURES: dict[str, tuple[int, int]] = {
 
 # The adapter's pre-processing; preprocess() reads only the size, normalisation and scaling fields of it.
 _PREPROCESSING = NetworkConfig(
-    model=Path("u2netp.onnx"), input_size=INPUT_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="rgb",
+    model=Path("u2netp.onnx"),
+    input_size=INPUT_SIZE,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    channel_order="rgb",
     input_scale="max",
 )
 
@@ -236,8 +240,11 @@ def _check_resampling(path: Path, graph) -> None:
     """The pooling and upsampling this module hard-codes are the ones the file uses."""
     for node in graph.node:
         if node.op_type == "MaxPool":
-            found = (_attribute(node, "kernel_shape", None), _attribute(node, "strides", None),
-                     _attribute(node, "ceil_mode", 0))
+            found = (
+                _attribute(node, "kernel_shape", None),
+                _attribute(node, "strides", None),
+                _attribute(node, "ceil_mode", 0),
+            )
             if found != ([2, 2], [2, 2], 1):
                 raise InputError(path, f"{node.name}: MaxPool (kernel, strides, ceil_mode) {found}, expected 2, 2, 1")
         elif node.op_type == "Resize":

@@ -1,5 +1,6 @@
 """Benchmark the base models that run on any image offline (u2netp, mbplus) on a labelled data set, with a centre
-prior for comparison: dataset-level max F / mean F / AUC (the paper's protocol, relearn_core.evaluation.metrics.DatasetPR), MAE,
+prior for comparison: dataset-level max F / mean F / AUC (the paper's protocol,
+relearn_core.evaluation.metrics.DatasetPR), MAE,
 and images per second of prediction on this machine (image reading and evaluation not counted; one untimed warm-up
 image first, so model loading and numba compilation are not counted either). Wall-clock speed depends on what else
 runs on the machine, so the process's CPU seconds per image (all its threads) are reported too, with the load average.
@@ -107,8 +108,12 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in report["models"].items():
-        speed = " | " if name == CENTRE_PRIOR else f"{row['images_per_second']:.2f} | {row['cpu_seconds_per_image']:.3f}"
-        lines.append(f"| {name} | {row['max_f']:.3f} | {row['mean_f']:.3f} | {row['auc']:.3f} | {row['mae']:.3f} | {speed} |")
+        speed = (
+            " | " if name == CENTRE_PRIOR else f"{row['images_per_second']:.2f} | {row['cpu_seconds_per_image']:.3f}"
+        )
+        lines.append(
+            f"| {name} | {row['max_f']:.3f} | {row['mean_f']:.3f} | {row['auc']:.3f} | {row['mae']:.3f} | {speed} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -129,13 +134,19 @@ def main(argv=None) -> int:
         "images": len(stems),
         "device": args.device,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_start": [round(value, 2) for value in os.getloadavg()]},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        },
         "metrics": "relearn_core.evaluation.metrics.DatasetPR (max_f, mean_f, auc) and MAE",
         "models": {},
     }
     for name in [model.strip() for model in args.models.split(",") if model.strip()]:
-        report["models"][name] = run_model(name, stems, image_paths, mask_paths, args.batch_size, args.device, args.save_maps)
+        report["models"][name] = run_model(
+            name, stems, image_paths, mask_paths, args.batch_size, args.device, args.save_maps
+        )
         print(name, report["models"][name], flush=True)
     report["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())

@@ -68,11 +68,17 @@ def run(args) -> dict:
     ws = Workspace(Cache(cache_dir), args.device)
     params = CorrespondenceParams()
     skipped = RunReport()
-    entries = read_entries([path for folder in [data / "images", *args.pool] for path in images_in(folder).values()],
-                       skipped)
+    entries = read_entries(
+        [path for folder in [data / "images", *args.pool] for path in images_in(folder).values()], skipped
+    )
     with ws.measure() as timings:
-        pool = Pool(entries, {}, RetrievalIndex(descriptors_for(ws, entries), [e.hash for e in entries],
-                                                [e.name for e in entries], device=args.device))
+        pool = Pool(
+            entries,
+            {},
+            RetrievalIndex(
+                descriptors_for(ws, entries), [e.hash for e in entries], [e.name for e in entries], device=args.device
+            ),
+        )
     gt_by_hash = {e.hash: masks[e.name] for e in entries if e.path.parent == (data / "images") and e.name in masks}
 
     counts = {"siftflow": [0, 0], "bilevel": [0, 0]}
@@ -92,10 +98,11 @@ def run(args) -> dict:
             gt = gt_by_hash.get(pair.neighbour.hash)
             if gt is None:
                 continue
-            neighbour_labels = superpixel_labels(superpixels_for(ws, pair.neighbour, params.superpixels),
-                                                 read_mask(gt))
-            for method, matches in (("siftflow", pair.alignment.flow_matches),
-                                    ("bilevel", pair.alignment.superpixel_matches)):
+            neighbour_labels = superpixel_labels(superpixels_for(ws, pair.neighbour, params.superpixels), read_mask(gt))
+            for method, matches in (
+                ("siftflow", pair.alignment.flow_matches),
+                ("bilevel", pair.alignment.superpixel_matches),
+            ):
                 agree, total = agreement(matches, target_labels, neighbour_labels)
                 image_counts[method][0] += agree
                 image_counts[method][1] += total
@@ -105,12 +112,21 @@ def run(args) -> dict:
         for method in counts:
             counts[method][0] += image_counts[method][0]
             counts[method][1] += image_counts[method][1]
-        per_image.append({"name": name, "neighbours": [p.neighbour.name for p in pairs],
-                          "labelled_neighbours": sum(p.neighbour.hash in gt_by_hash for p in pairs),
-                          **{f"agree_{m}": image_counts[m] for m in counts}})
+        per_image.append(
+            {
+                "name": name,
+                "neighbours": [p.neighbour.name for p in pairs],
+                "labelled_neighbours": sum(p.neighbour.hash in gt_by_hash for p in pairs),
+                **{f"agree_{m}": image_counts[m] for m in counts},
+            }
+        )
         rate = lambda c: c[0] / c[1] if c[1] else float("nan")
-        print(f"[{number}/{len(names)}] {name}: siftflow {rate(image_counts['siftflow']):.3f} "
-              f"bilevel {rate(image_counts['bilevel']):.3f}", file=sys.stderr, flush=True)
+        print(
+            f"[{number}/{len(names)}] {name}: siftflow {rate(image_counts['siftflow']):.3f} "
+            f"bilevel {rate(image_counts['bilevel']):.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # compute times of every artefact: computed now, or stored with its cache entry (one value per image or pair)
     def mean(stage: str) -> float:
@@ -158,7 +174,7 @@ def run(args) -> dict:
         "seconds": seconds,
         "timed_items": timed,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"device {args.device}",
+        f"device {args.device}",
         "per_image": per_image,
     }
 

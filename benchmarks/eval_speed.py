@@ -36,8 +36,17 @@ from relearn_core.evaluation.evaluate import evaluate_folders
 from relearn_core.evaluation.metrics import SaliencyMetrics
 from relearn_core.imageio import atomic_write_bytes, list_by_stem
 
-SHARED_KEYS = ("max_f_image", "mean_f_image", "adp_f_image", "mae", "s_measure", "max_e", "mean_e", "adp_e",
-               "weighted_f")
+SHARED_KEYS = (
+    "max_f_image",
+    "mean_f_image",
+    "adp_f_image",
+    "mae",
+    "s_measure",
+    "max_e",
+    "mean_e",
+    "adp_e",
+    "weighted_f",
+)
 
 
 def _timed(function):
@@ -49,17 +58,27 @@ def _timed(function):
 def pysod_scores(pairs) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Fmeasure's deprecation notice
-        metrics = [py_sod_metrics.Fmeasure(), py_sod_metrics.MAE(), py_sod_metrics.Smeasure(),
-                   py_sod_metrics.Emeasure(), py_sod_metrics.WeightedFmeasure()]
+        metrics = [
+            py_sod_metrics.Fmeasure(),
+            py_sod_metrics.MAE(),
+            py_sod_metrics.Smeasure(),
+            py_sod_metrics.Emeasure(),
+            py_sod_metrics.WeightedFmeasure(),
+        ]
         for pred, gt in pairs:
             for metric in metrics:
                 metric.step(pred, gt)
         fm, mae, sm, em, wfm = (metric.get_results() for metric in metrics)
     return {
-        "max_f_image": float(fm["fm"]["curve"].max()), "mean_f_image": float(fm["fm"]["curve"].mean()),
-        "adp_f_image": float(fm["fm"]["adp"]), "mae": float(mae["mae"]), "s_measure": float(sm["sm"]),
-        "max_e": float(em["em"]["curve"].max()), "mean_e": float(em["em"]["curve"].mean()),
-        "adp_e": float(em["em"]["adp"]), "weighted_f": float(wfm["wfm"]),
+        "max_f_image": float(fm["fm"]["curve"].max()),
+        "mean_f_image": float(fm["fm"]["curve"].mean()),
+        "adp_f_image": float(fm["fm"]["adp"]),
+        "mae": float(mae["mae"]),
+        "s_measure": float(sm["sm"]),
+        "max_e": float(em["em"]["curve"].max()),
+        "mean_e": float(em["em"]["curve"].mean()),
+        "adp_e": float(em["em"]["adp"]),
+        "weighted_f": float(wfm["wfm"]),
     }
 
 
@@ -71,8 +90,10 @@ def relearn_scores(pairs) -> dict:
 
 
 def read_pairs(map_paths, mask_paths):
-    return [(cv2.imread(str(m), cv2.IMREAD_GRAYSCALE), cv2.imread(str(g), cv2.IMREAD_GRAYSCALE))
-            for m, g in zip(map_paths, mask_paths)]
+    return [
+        (cv2.imread(str(m), cv2.IMREAD_GRAYSCALE), cv2.imread(str(g), cv2.IMREAD_GRAYSCALE))
+        for m, g in zip(map_paths, mask_paths)
+    ]
 
 
 def main() -> None:
@@ -115,8 +136,9 @@ def main() -> None:
                     best[name][side] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
     load_after = os.getloadavg()
 
-    difference = max(abs(scores[("metrics_only", "relearn")][k] - scores[("metrics_only", "pysodmetrics")][k])
-                     for k in SHARED_KEYS)
+    difference = max(
+        abs(scores[("metrics_only", "relearn")][k] - scores[("metrics_only", "pysodmetrics")][k]) for k in SHARED_KEYS
+    )
     ratios = {
         name: {
             "wall": round(best[name]["relearn"]["wall_s"] / best[name]["pysodmetrics"]["wall_s"], 3),
@@ -129,11 +151,17 @@ def main() -> None:
     }
     document = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in load_after]},
-        "data": str(pred_dir), "images": len(stems), "rounds": args.rounds,
-        "best_round": best, "ratio_relearn_over_pysodmetrics": ratios,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after],
+        },
+        "data": str(pred_dir),
+        "images": len(stems),
+        "rounds": args.rounds,
+        "best_round": best,
+        "ratio_relearn_over_pysodmetrics": ratios,
         "max_abs_difference_of_shared_scores": difference,
         "relearn_scores": scores[("end_to_end", "relearn")],
     }
@@ -150,8 +178,10 @@ def main() -> None:
     ]
     for name in ("metrics_only", "end_to_end"):
         ours, theirs = best[name]["relearn"], best[name]["pysodmetrics"]
-        lines.append(f"| {name.replace('_', ' ')} (1 thread) | {ours['wall_s']} ({ours['cpu_s']}) | "
-                     f"{theirs['wall_s']} ({theirs['cpu_s']}) | {ratios[name]['wall']} | {ratios[name]['cpu']} |")
+        lines.append(
+            f"| {name.replace('_', ' ')} (1 thread) | {ours['wall_s']} ({ours['cpu_s']}) | "
+            f"{theirs['wall_s']} ({theirs['cpu_s']}) | {ratios[name]['wall']} | {ratios[name]['cpu']} |"
+        )
     threaded = best["end_to_end_threads"]["relearn"]
     lines += [
         f"| end to end, relearn default threads | {threaded['wall_s']} ({threaded['cpu_s']}) | "

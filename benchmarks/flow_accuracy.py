@@ -10,7 +10,10 @@ import torch
 from relearn_core.correspondence import flow as sift_flow
 from relearn_core.correspondence.flow import SiftFlowParams
 
-def flow_energy(target: torch.Tensor, neighbour: torch.Tensor, flow: torch.Tensor, params: SiftFlowParams) -> torch.Tensor:
+
+def flow_energy(
+    target: torch.Tensor, neighbour: torch.Tensor, flow: torch.Tensor, params: SiftFlowParams
+) -> torch.Tensor:
     """The SIFT Flow energy (N,) of an integer flow (N, 2, H, W) between descriptor images at one resolution."""
     flow = flow.long()
     cost = sift_flow._data_cost(target, neighbour, flow, 0, params.t)[0, 0]
@@ -22,7 +25,9 @@ def flow_energy(target: torch.Tensor, neighbour: torch.Tensor, flow: torch.Tenso
     return data + small + smooth
 
 
-def winner_take_all_flow(target: torch.Tensor, neighbour: torch.Tensor, params: SiftFlowParams, radius: int) -> torch.Tensor:
+def winner_take_all_flow(
+    target: torch.Tensor, neighbour: torch.Tensor, params: SiftFlowParams, radius: int
+) -> torch.Tensor:
     """The data-term-only baseline: each pixel's best displacement in a (2 radius + 1)^2 window (N, 2, H, W)."""
     centre = torch.zeros(target.shape[0], 2, *target.shape[-2:], dtype=torch.long, device=target.device)
     cost = sift_flow._data_cost(target, neighbour, centre, radius, params.t)
@@ -31,7 +36,6 @@ def winner_take_all_flow(target: torch.Tensor, neighbour: torch.Tensor, params: 
     best = cost.flatten(0, 1).min(0).indices
     labels = 2 * radius + 1
     return torch.stack([best % labels, best // labels], dim=1) - radius
-
 
 
 WARPS = {
@@ -53,11 +57,13 @@ def warp_matrix(kind: str, amount: float, shape) -> np.ndarray:
     if kind == "scale":
         return np.array([[amount, 0, (1 - amount) * centre[0]], [0, amount, (1 - amount) * centre[1]]])
     if kind == "rotate":
-            return cv2.getRotationMatrix2D(centre, amount, 1.0)
+        return cv2.getRotationMatrix2D(centre, amount, 1.0)
     raise ValueError(f"unknown warp kind {kind!r} (shift, scale, rotate)")
 
 
-def warp_epe(image: np.ndarray, params: SiftFlowParams = SiftFlowParams(), device="cpu", warps=None) -> dict[str, float]:
+def warp_epe(
+    image: np.ndarray, params: SiftFlowParams = SiftFlowParams(), device="cpu", warps=None
+) -> dict[str, float]:
     """Mean end-point error (px, original resolution) of SIFT Flow from ``image`` to copies of it warped by known
     amounts, over the target pixels whose true match stays inside the warped image. One entry per warp."""
     image = np.asarray(image)

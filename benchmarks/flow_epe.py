@@ -40,9 +40,7 @@ def run(data: Path, limit: int, params: SiftFlowParams, device: str) -> dict:
         cpu.append((time.process_time() - start_cpu) / len(WARPS))
     epe = {name: float(np.mean([errors[name] for errors in per_image.values()])) for name in WARPS}
     worst = {name: float(np.max([errors[name] for errors in per_image.values()])) for name in WARPS}
-    passed = {
-        name: epe[name] < TARGETS[kind] for name, (kind, _) in WARPS.items() if kind in TARGETS
-    }
+    passed = {name: epe[name] < TARGETS[kind] for name, (kind, _) in WARPS.items() if kind in TARGETS}
     return {
         "data": str(data),
         "images": len(per_image),
@@ -77,7 +75,9 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, (kind, _) in WARPS.items():
-        target = f"< {TARGETS[kind]:g}" + (" met" if result["targets_met"][name] else " MISSED") if kind in TARGETS else "-"
+        target = (
+            f"< {TARGETS[kind]:g}" + (" met" if result["targets_met"][name] else " MISSED") if kind in TARGETS else "-"
+        )
         lines.append(f"| {name} | {result['epe'][name]:.3f} | {result['epe_worst_image'][name]:.3f} | {target} |")
     lines += [
         "",
@@ -89,8 +89,12 @@ def markdown(result: dict) -> str:
 
 
 @click.command()
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Folder holding images/.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Folder holding images/.",
+)
 @click.option("--limit", type=int, default=20, show_default=True, help="Number of images (sorted by name).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON file to write.")
 @click.option("--device", default="cpu", show_default=True)

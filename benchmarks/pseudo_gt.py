@@ -7,7 +7,8 @@ Reports (JSON, and Markdown beside it):
 - pixel fractions trusted salient / trusted background / unsure, the precision of the trusted labels against the ground
   truth (the paper quotes about 81 % as a lower bound), the ground-truth salient rate inside each region, and the
   share of the base's errors (map > 0.5 against the ground truth) that fall in the unsure region;
-- dataset-level max F and MAE (relearn_core.evaluation.metrics) of the base maps, of ``crf_refine`` (the X + CRF anchor), of the
+- dataset-level max F and MAE (relearn_core.evaluation.metrics) of the base maps, of ``crf_refine`` (the X + CRF
+  anchor), of the
   base painted per superpixel, and two oracles of the join: a re-learner that knows each superpixel's ground-truth
   fraction, applied only where the pseudo-GT is unsure (the ceiling of the paper's design with these superpixels) and
   applied everywhere;

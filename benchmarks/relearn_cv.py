@@ -1,4 +1,4 @@
-"""Does Our(X) beat X on images it never trained on? K-fold cross-validation of relearn train + wrap (issue 5, section 7).
+"""Does Our(X) beat X on images it never trained on? K-fold cross-validation of relearn train + wrap.
 
     .venv/bin/python benchmarks/relearn_cv.py --data ../shared/data/SOD --base dss --maps ../shared/data/SOD/maps/DSS \
         --folds 5 --seed 0 --out benchmarks/results/relearn_cv_dss.json
@@ -60,8 +60,11 @@ from relearn_core.relearning.pseudo_gt import crf_refine
 from relearn_core.workspace import Workspace
 
 FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges); not the reported configuration
-    "correspondence": {"edge_method": "sobel", "flow_grid": 120,
-                       "flow": {"working_size": 112, "levels": 2, "top_iterations": 10, "iterations": 5}},
+    "correspondence": {
+        "edge_method": "sobel",
+        "flow_grid": 120,
+        "flow": {"working_size": 112, "levels": 2, "top_iterations": 10, "iterations": 5},
+    },
 }
 
 
@@ -87,8 +90,11 @@ class ChangedPixels:
 
     def results(self) -> dict:
         count = max(self.changed, 1)
-        return {"share": self.changed / max(self.pixels, 1), "base_mae": self.base_error / count,
-                "ours_mae": self.ours_error / count}
+        return {
+            "share": self.changed / max(self.pixels, 1),
+            "base_mae": self.base_error / count,
+            "ours_mae": self.ours_error / count,
+        }
 
 
 class Scorer:
@@ -113,14 +119,21 @@ class Scorer:
 def spread(method: Scorer, reference: Scorer, key: str) -> dict:
     ours, ref = method.fold_scores(), reference.fold_scores()
     diffs = np.array([ours[f][key] - ref[f][key] for f in ours])
-    return {"per_fold": diffs.round(5).tolist(), "mean": float(diffs.mean()), "std": float(diffs.std()),
-            "min": float(diffs.min()), "max": float(diffs.max())}
+    return {
+        "per_fold": diffs.round(5).tolist(),
+        "mean": float(diffs.mean()),
+        "std": float(diffs.std()),
+        "min": float(diffs.min()),
+        "max": float(diffs.max()),
+    }
 
 
 def run(args) -> dict:
     data = Path(args.data)
     device = resolve_device(args.device)
-    ws = Workspace(Cache(args.cache) if args.cache else Cache(), device, make_executor(args.executor, args.threads, device))
+    ws = Workspace(
+        Cache(args.cache) if args.cache else Cache(), device, make_executor(args.executor, args.threads, device)
+    )
     adapter = select_base(args.base, args.adapter, args.maps)
     options = {"maps": str(args.maps)} if args.maps else {}
     config = RelearnConfig()
@@ -166,13 +179,29 @@ def run(args) -> dict:
             pools = [extra] if variant.extra_pool and extra else []
             variant_config = config.with_overrides(variant.overrides)
             start = time.perf_counter()
-            progress = (lambda stage, done, total: print(f"  {name} {stage} {done}/{total}", file=sys.stderr,
-                                                         flush=True)) if args.verbose else None
-            trained = train(train_images, {path: gts[path] for path in train_images}, adapter, pools=pools,
-                            options=options, config=variant_config, workspace=ws, progress=progress)
+            progress = (
+                (
+                    lambda stage, done, total, name=name: print(
+                        f"  {name} {stage} {done}/{total}", file=sys.stderr, flush=True
+                    )
+                )
+                if args.verbose
+                else None
+            )
+            trained = train(
+                train_images,
+                {path: gts[path] for path in train_images},
+                adapter,
+                pools=pools,
+                options=options,
+                config=variant_config,
+                workspace=ws,
+                progress=progress,
+            )
             relearner = trained.relearner
-            training.setdefault(name, []).append({"fold": k, "seconds": time.perf_counter() - start,
-                                                  **relearner.summary})
+            training.setdefault(name, []).append(
+                {"fold": k, "seconds": time.perf_counter() - start, **relearner.summary}
+            )
             start = time.perf_counter()
             report = wrap(held, relearner, adapter, pools=[train_images, *pools], options=options, workspace=ws)
             wall = time.perf_counter() - start
@@ -200,9 +229,17 @@ def run(args) -> dict:
 
     result = {
         "relearn_version": __version__,
-        "data": str(data), "base_model": adapter.name, "maps": str(args.maps) if args.maps else None,
-        "pool": [str(p) for p in args.pool], "pool_images_used": len(extra), "backbone": config.backbone,
-        "folds": args.folds, "seed": args.seed, "limit": args.limit, "fast": args.fast, "images": len(ids),
+        "data": str(data),
+        "base_model": adapter.name,
+        "maps": str(args.maps) if args.maps else None,
+        "pool": [str(p) for p in args.pool],
+        "pool_images_used": len(extra),
+        "backbone": config.backbone,
+        "folds": args.folds,
+        "seed": args.seed,
+        "limit": args.limit,
+        "fast": args.fast,
+        "images": len(ids),
         "config": config.to_dict(),
         "base_failures": failures,
         "base": scorers["base"].scores(),
@@ -216,9 +253,14 @@ def run(args) -> dict:
         },
         "ablation": {"C1": scorers["base"].scores(), **{v.name: scorers[v.name].scores() for v in variants}},
         "training": training,
-        "seconds_per_image": {**per_image, "relearn_wrap_total_beyond_base": wrap_total,
-                              "relearn_wrap_wall_first_fold": float(np.mean(first_fold_wall))},
-        "machine": args.machine, "torch_threads": args.threads, "executor": ws.executor.kind,
+        "seconds_per_image": {
+            **per_image,
+            "relearn_wrap_total_beyond_base": wrap_total,
+            "relearn_wrap_wall_first_fold": float(np.mean(first_fold_wall)),
+        },
+        "machine": args.machine,
+        "torch_threads": args.threads,
+        "executor": ws.executor.kind,
     }
     return result
 
@@ -239,13 +281,20 @@ def markdown(result: dict) -> str:
     rows = [("X (base)", result["base"]), ("X + CRF", result["base_crf"]), ("Our(X)", result["ours"])]
     rows += [(f"ablation {k}", v) for k, v in result["ablation"].items() if k != "C1"]
     for label, s in rows:
-        lines.append(f"| {label} | {s['max_f']:.4f} | {s['mae']:.4f} | {s['mean_f']:.4f} | {s['s_measure']:.4f} | {s['max_e']:.4f} |")
+        lines.append(
+            f"| {label} | {s['max_f']:.4f} | {s['mae']:.4f} | {s['mean_f']:.4f} | {s['s_measure']:.4f} | "
+            f"{s['max_e']:.4f} |"
+        )
     lines += ["", "Per-fold differences (mean ± std, [min, max]):", ""]
     for name, block in result["fold_spread"].items():
         for key, d in block.items():
             lines.append(f"- {name} {key}: {d['mean']:+.4f} ± {d['std']:.4f} [{d['min']:+.4f}, {d['max']:+.4f}]")
-    lines += ["", "Seconds per image of wrap by stage (compute time of one worker, cache entries included; wrap runs "
-              f"{result['torch_threads']} images side by side, see relearn_wrap_wall_first_fold for the wall clock):", ""]
+    lines += [
+        "",
+        "Seconds per image of wrap by stage (compute time of one worker, cache entries included; wrap runs "
+        f"{result['torch_threads']} images side by side, see relearn_wrap_wall_first_fold for the wall clock):",
+        "",
+    ]
     lines += [f"- {stage}: {value:.3f}" for stage, value in result["seconds_per_image"].items()]
     return "\n".join(lines) + "\n"
 
@@ -256,7 +305,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base", required=True)
     parser.add_argument("--maps", type=Path, help="the base's precomputed maps (maps-based bases)")
     parser.add_argument("--adapter", action="append", default=[], type=Path, help="adapter file (repeatable)")
-    parser.add_argument("--pool", action="append", default=[], type=Path, help="extra unlabelled pool folder (repeatable)")
+    parser.add_argument(
+        "--pool", action="append", default=[], type=Path, help="extra unlabelled pool folder (repeatable)"
+    )
     parser.add_argument("--backbone", default="handcrafted")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -267,8 +318,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--machine", default="2-core CPU, no GPU")
     parser.add_argument("--threads", type=int, default=1, help="images worked on at once (each on one torch thread)")
-    parser.add_argument("--executor", choices=("threads", "processes", "ray"), default=None,
-                        help="where the work runs (default $RELEARN_EXECUTOR, else threads)")
+    parser.add_argument(
+        "--executor",
+        choices=("threads", "processes", "ray"),
+        default=None,
+        help="where the work runs (default $RELEARN_EXECUTOR, else threads)",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)

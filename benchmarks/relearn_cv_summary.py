@@ -1,4 +1,4 @@
-"""One table over several ``relearn_cv.py`` results: X, X + CRF and Our(X) per base, backbone and pool (issue 5, section 7).
+"""One table over several ``relearn_cv.py`` results: X, X + CRF and Our(X) per base, backbone and pool.
 
     .venv/bin/python benchmarks/relearn_cv_summary.py benchmarks/results/relearn_cv_*.json \
         --out benchmarks/results/relearn_cv_summary.json
@@ -36,7 +36,9 @@ def summary_row(path: Path) -> dict:
         "gain_max_f": ours["max_f"] - base["max_f"],
         "gain_max_f_fold_std": spread["max_f"]["std"],
         "change_mae": ours["mae"] - base["mae"],
-        "goal_met": ours["max_f"] >= base["max_f"] + GOAL_GAIN and ours["mae"] < base["mae"] and ours["max_f"] > crf["max_f"],
+        "goal_met": ours["max_f"] >= base["max_f"] + GOAL_GAIN
+        and ours["mae"] < base["mae"]
+        and ours["max_f"] > crf["max_f"],
         "wrap_seconds_per_image": result["seconds_per_image"]["relearn_wrap_total_beyond_base"],
         "relearned_images": result["relearned_images"],
     }
@@ -47,18 +49,27 @@ def markdown(rows: list[dict]) -> str:
         "# relearn k-fold CV on SOD: X, X + CRF and Our(X)",
         "",
         "Max F (dataset level) / MAE of all held-out maps together; gain = Our(X) - X in max F (± std over folds); "
-        f"goal: gain >= {GOAL_GAIN}, lower MAE, above X + CRF. Wrap seconds per image beyond the base: the compute time "
+        f"goal: gain >= {GOAL_GAIN}, lower MAE, above X + CRF. Wrap seconds per image beyond the base: the compute "
+        "time "
         "each run recorded, inflated when runs share the machine (see each file's machine note).",
         "",
-        "| base | backbone | extra pool | X | X + CRF | Our(X) | gain (± fold std) | MAE change | goal | wrap s/image | file |",
+        "| base | backbone | extra pool | X | X + CRF | Our(X) | gain (± fold std) | MAE change | goal | wrap s/image "
+        "| file |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [
-            r["base_model"], r["backbone"] + (" (fast)" if r["fast"] else ""), str(r["pool_images_used"]),
-            f"{r['base']['max_f']:.4f} / {r['base']['mae']:.4f}", f"{r['base_crf']['max_f']:.4f} / {r['base_crf']['mae']:.4f}",
-            f"{r['ours']['max_f']:.4f} / {r['ours']['mae']:.4f}", f"{r['gain_max_f']:+.4f} (± {r['gain_max_f_fold_std']:.4f})",
-            f"{r['change_mae']:+.4f}", "met" if r["goal_met"] else "not met", f"{r['wrap_seconds_per_image']:.2f}", r["file"],
+            r["base_model"],
+            r["backbone"] + (" (fast)" if r["fast"] else ""),
+            str(r["pool_images_used"]),
+            f"{r['base']['max_f']:.4f} / {r['base']['mae']:.4f}",
+            f"{r['base_crf']['max_f']:.4f} / {r['base_crf']['mae']:.4f}",
+            f"{r['ours']['max_f']:.4f} / {r['ours']['mae']:.4f}",
+            f"{r['gain_max_f']:+.4f} (± {r['gain_max_f_fold_std']:.4f})",
+            f"{r['change_mae']:+.4f}",
+            "met" if r["goal_met"] else "not met",
+            f"{r['wrap_seconds_per_image']:.2f}",
+            r["file"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -110,8 +110,10 @@ def markdown(report: dict) -> str:
         "",
         "| run | wall s/image | CPU s/image |",
         "|---|---|---|",
-        *(f"| {way} | {report['seconds_per_image'][way]:.3f} | {report['cpu_seconds_per_image'][way]:.3f} |"
-          for way in WAYS),
+        *(
+            f"| {way} | {report['seconds_per_image'][way]:.3f} | {report['cpu_seconds_per_image'][way]:.3f} |"
+            for way in WAYS
+        ),
         "",
         agreement,
     ]
@@ -127,8 +129,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "note": args.note, "python": platform.python_version(),
-               "load_average_at_start": [round(value, 2) for value in os.getloadavg()]}
+    machine = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "note": args.note,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+    }
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},

@@ -14,9 +14,18 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 _API = {
-    "train": "api", "wrap": "api", "predict": "api", "prepare_pool": "api", "RunReport": "api",
-    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "default_checkpoint": "checkpoint",
-    "Relearner": "checkpoint", "RelearnConfig": "config", "Workspace": "workspace", "make_executor": "executors",
+    "train": "api",
+    "wrap": "api",
+    "predict": "api",
+    "prepare_pool": "api",
+    "RunReport": "api",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "default_checkpoint": "checkpoint",
+    "Relearner": "checkpoint",
+    "RelearnConfig": "config",
+    "Workspace": "workspace",
+    "make_executor": "executors",
 }
 
 

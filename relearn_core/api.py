@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -89,8 +89,9 @@ def _unique(entries: Iterable[ImageEntry]) -> list[ImageEntry]:
     return out
 
 
-def _base_maps(ws: Workspace, adapter: plugins.Adapter, entries: list[ImageEntry], options, report: RunReport,
-               progress: Progress) -> dict[str, np.ndarray]:
+def _base_maps(
+    ws: Workspace, adapter: plugins.Adapter, entries: list[ImageEntry], options, report: RunReport, progress: Progress
+) -> dict[str, np.ndarray]:
     """Base maps by content hash; the images the base fails on are listed in ``report.base_failures``."""
     maps, by_path = {}, {entry.path: entry for entry in entries}
     for done, (path, outcome) in enumerate(base_maps(ws, adapter, [e.path for e in entries], options), 1):
@@ -102,9 +103,15 @@ def _base_maps(ws: Workspace, adapter: plugins.Adapter, entries: list[ImageEntry
     return maps
 
 
-def prepare_pool(ws: Workspace, entries: list[ImageEntry], maps: Mapping[str, np.ndarray], config: RelearnConfig,
-                 progress: Progress | None = None) -> Pool:
-    """Descriptors, superpixels and pseudo-GT of every pool image (spread over the executor), and the retrieval index."""
+def prepare_pool(
+    ws: Workspace,
+    entries: list[ImageEntry],
+    maps: Mapping[str, np.ndarray],
+    config: RelearnConfig,
+    progress: Progress | None = None,
+) -> Pool:
+    """Descriptors, superpixels and pseudo-GT of every pool image (spread over the executor), and the retrieval
+    index."""
     progress = _progress(progress)
     entries = [entry for entry in entries if entry.hash in maps]
     descriptors = []
@@ -112,24 +119,40 @@ def prepare_pool(ws: Workspace, entries: list[ImageEntry], maps: Mapping[str, np
     for done, descriptor in enumerate(ws.map(work, [(entry, maps[entry.hash]) for entry in entries]), 1):
         descriptors.append(descriptor)
         progress("pool", done, len(entries))
-    index = RetrievalIndex(np.stack(descriptors) if descriptors else np.zeros((0, 0), np.float32),
-                           [e.hash for e in entries], [e.name for e in entries], device=ws.device)
+    index = RetrievalIndex(
+        np.stack(descriptors) if descriptors else np.zeros((0, 0), np.float32),
+        [e.hash for e in entries],
+        [e.name for e in entries],
+        device=ws.device,
+    )
     return Pool(entries, {e.hash: maps[e.hash] for e in entries}, index)
 
 
-def predict(images: Sequence[ImagePath], base: str | plugins.Adapter, *, options: Mapping | None = None,
-            workspace: Workspace | None = None, batch_size: int = 8
-            ) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
+def predict(
+    images: Sequence[ImagePath],
+    base: str | plugins.Adapter,
+    *,
+    options: Mapping | None = None,
+    workspace: Workspace | None = None,
+    batch_size: int = 8,
+) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
     """The base model's map (float32 (H, W) in [0, 1]) or failure of each image, in order, as they are made."""
     ws = workspace or Workspace()
     with one_torch_thread():
         yield from base_maps(ws, _adapter(base), images, options, batch_size)
 
 
-def train(images: Sequence[ImagePath], ground_truth: Mapping[ImagePath, ImagePath | np.ndarray],
-          base: str | plugins.Adapter, *, pools: Sequence[Sequence[ImagePath]] = (), options: Mapping | None = None,
-          config: RelearnConfig = RelearnConfig(), workspace: Workspace | None = None,
-          progress: Progress | None = None) -> RunReport:
+def train(
+    images: Sequence[ImagePath],
+    ground_truth: Mapping[ImagePath, ImagePath | np.ndarray],
+    base: str | plugins.Adapter,
+    *,
+    pools: Sequence[Sequence[ImagePath]] = (),
+    options: Mapping | None = None,
+    config: RelearnConfig = RelearnConfig(),
+    workspace: Workspace | None = None,
+    progress: Progress | None = None,
+) -> RunReport:
     """Train a re-learner for ``base`` on labelled images; the report's ``relearner`` is it.
 
     :param images: the training images (of one or several datasets: copies by content are used once).
@@ -173,15 +196,25 @@ def _mask(mask: ImagePath | np.ndarray, entry: ImageEntry) -> np.ndarray:
     gt = np.asarray(mask, dtype=bool) if isinstance(mask, np.ndarray) else read_mask(mask)
     if gt.shape != entry.image.shape[:2]:
         where = mask if not isinstance(mask, np.ndarray) else entry.path
-        raise InputError(where, f"mask is {gt.shape[1]}x{gt.shape[0]}, image {entry.path.name} is "
-                                f"{entry.image.shape[1]}x{entry.image.shape[0]}")
+        raise InputError(
+            where,
+            f"mask is {gt.shape[1]}x{gt.shape[0]}, image {entry.path.name} is "
+            f"{entry.image.shape[1]}x{entry.image.shape[0]}",
+        )
     return gt
 
 
-def wrap(images: Sequence[ImagePath], relearner: Relearner, base: str | plugins.Adapter, *,
-         pools: Sequence[Sequence[ImagePath]] = (), options: Mapping | None = None,
-         workspace: Workspace | None = None, progress: Progress | None = None,
-         write: Callable[[WrapOutcome], None] | None = None) -> RunReport:
+def wrap(
+    images: Sequence[ImagePath],
+    relearner: Relearner,
+    base: str | plugins.Adapter,
+    *,
+    pools: Sequence[Sequence[ImagePath]] = (),
+    options: Mapping | None = None,
+    workspace: Workspace | None = None,
+    progress: Progress | None = None,
+    write: Callable[[WrapOutcome], None] | None = None,
+) -> RunReport:
     """Our(X) maps of the images: ``write(outcome)`` is called for each as it is made (without ``write`` the maps are
     kept in the report's ``outcomes``).
 

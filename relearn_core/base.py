@@ -8,11 +8,12 @@ image, and the other images still run. Maps of adapters that compute them are ca
 
 from __future__ import annotations
 
-import os
 import functools
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ def adapter_options(adapter: plugins.Adapter, options: Mapping[str, Any] | None,
 
 def validate_map(adapter: str, image: str, result: Any, shape: tuple[int, int]) -> np.ndarray:
     """``result`` as float32 (H, W) in [0, 1], or BadOutputError naming the adapter and the image."""
+
     def bad(problem: str) -> BadOutputError:
         return BadOutputError(f"adapter {adapter!r} returned {problem} for image {image!r}")
 
@@ -124,7 +126,10 @@ def _predict_batch(adapter, batch, options) -> Iterator[tuple[Path, np.ndarray |
     if results is None or len(results) != len(batch):
         count = "nothing" if results is None else f"{len(results)} maps"
         for path, _ in batch:
-            yield path, BaseMapFailure(path, adapter.name, f"adapter returned {count} for a batch of {len(batch)} images")
+            yield (
+                path,
+                BaseMapFailure(path, adapter.name, f"adapter returned {count} for a batch of {len(batch)} images"),
+            )
         return
     for (path, image), result in zip(batch, results):
         try:
@@ -148,8 +153,10 @@ def _batch_maps(ws: Workspace, adapter: plugins.Adapter, options: Mapping[str, A
 
     def compute(indices: list[int]) -> list:
         batch = [readable[i][:2] for i in indices]
-        return [BaseMap(result) if isinstance(result, np.ndarray) else result
-                for _, result in _predict_batch(adapter, batch, options)]
+        return [
+            BaseMap(result) if isinstance(result, np.ndarray) else result
+            for _, result in _predict_batch(adapter, batch, options)
+        ]
 
     found = ws.run_batch(stage, [[digest] for _, _, digest in readable], params, compute, BaseMap)
     for (path, _, _), result in zip(readable, found):
@@ -157,9 +164,13 @@ def _batch_maps(ws: Workspace, adapter: plugins.Adapter, options: Mapping[str, A
     return [(path, outcomes[path]) for path in paths]
 
 
-def base_maps(ws: Workspace, adapter: plugins.Adapter, image_paths: Sequence[str | os.PathLike],
-              options: Mapping[str, Any] | None = None, batch_size: int = 8
-              ) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
+def base_maps(
+    ws: Workspace,
+    adapter: plugins.Adapter,
+    image_paths: Sequence[str | os.PathLike],
+    options: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+) -> Iterator[tuple[Path, np.ndarray | BaseMapFailure]]:
     """Yield ``(image path, map or failure)`` for each image, in order, batch by batch as the executor finishes them.
 
     :param adapter: the adapter (``relearn_core.plugins.get_adapter(name)``).

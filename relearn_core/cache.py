@@ -13,8 +13,8 @@ import io
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Cache:
         return self.root / stage / f"{self.key(hashes, params)}.npz"
 
     def load(self, stage: str, hashes, params: dict) -> dict[str, np.ndarray] | None:
-        """The arrays of this entry, or None when it is absent or damaged (a damaged entry is removed, never trusted)."""
+        """The arrays of this entry, or None when it is absent or damaged (a damaged entry is removed, not trusted)."""
         path = self.path(stage, hashes, params)
         if path is None or not path.exists():
             return None

@@ -81,11 +81,17 @@ def load_checkpoint(path: str | os.PathLike, base: str | None = None, device: st
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not a relearn checkpoint of format {CHECKPOINT_FORMAT}")
     if base is not None and payload["base"] != base:
-        raise InputError(path, f"checkpoint was trained for base {payload['base']!r}, not {base!r}: "
-                               f"train one with `relearn train --base {base} ...`")
+        raise InputError(
+            path,
+            f"checkpoint was trained for base {payload['base']!r}, not {base!r}: "
+            f"train one with `relearn train --base {base} ...`",
+        )
     if not _compatible(payload["relearn_version"]):
-        raise InputError(path, f"checkpoint was written by relearn {payload['relearn_version']}, incompatible with "
-                               f"{__version__}: train it again with this version")
+        raise InputError(
+            path,
+            f"checkpoint was written by relearn {payload['relearn_version']}, incompatible with "
+            f"{__version__}: train it again with this version",
+        )
     config = RelearnConfig.from_dict(payload["config"])
     pair_filter = None
     if payload["filter"] is not None:

@@ -54,7 +54,7 @@ class BaseChoice:
         return select_base(self.name, self.adapter_files, self.maps)
 
     def options(self) -> dict:
-        """The user's options for the adapter: ``--maps``, ``--network`` (option ``model``) and every ``--base-option``."""
+        """The user's options for the adapter: ``--maps``, ``--network`` (option ``model``), every ``--base-option``."""
         chosen = dict(self.extra)
         if self.maps is not None:
             chosen["maps"] = str(self.maps)
@@ -79,11 +79,20 @@ def _parse_base_option(ctx, param, values):
     return tuple(parsed)
 
 
-EXECUTOR = click.option("--executor", type=click.Choice(["threads", "processes", "ray"]), default=None,
-                        help="Where the work runs (default $RELEARN_EXECUTOR, else threads): threads of this "
-                             "process, processes, or a Ray cluster ($RAY_ADDRESS, else a local one).")
-WORKERS = click.option("--workers", "executor_workers", type=click.IntRange(min=1), default=None,
-                       help="Images worked on at once (default: the CPU cores; one on a GPU).")
+EXECUTOR = click.option(
+    "--executor",
+    type=click.Choice(["threads", "processes", "ray"]),
+    default=None,
+    help="Where the work runs (default $RELEARN_EXECUTOR, else threads): threads of this "
+    "process, processes, or a Ray cluster ($RAY_ADDRESS, else a local one).",
+)
+WORKERS = click.option(
+    "--workers",
+    "executor_workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images worked on at once (default: the CPU cores; one on a GPU).",
+)
 
 
 def _workspace(device: str, no_cache: bool, executor: str | None, workers: int | None):
@@ -94,12 +103,19 @@ def _workspace(device: str, no_cache: bool, executor: str | None, workers: int |
     return Workspace(Cache(None) if no_cache else Cache(), device, make_executor(executor, workers, device))
 
 
-ADAPTER_FILES = click.option("--adapter", "adapter_files", multiple=True, type=click.Path(path_type=Path),
-                             metavar="FILE", help="Load adapters from this Python file (repeatable).")
+ADAPTER_FILES = click.option(
+    "--adapter",
+    "adapter_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Load adapters from this Python file (repeatable).",
+)
 
 
 def base_options(command):
-    """Add --base, --maps, --network, --adapter, --device and --base-option to a command; it receives ``base: BaseChoice``."""
+    """Add --base, --maps, --network, --adapter, --device and --base-option to a command; it receives
+    ``base: BaseChoice``."""
 
     @functools.wraps(command)
     def wrapper(*args, base, maps, network, adapter_files, device, base_option, **kwargs):
@@ -107,13 +123,23 @@ def base_options(command):
         return command(*args, base=choice, **kwargs)
 
     decorators = [
-        click.option("--base", required=True, metavar="NAME", help="Base model (adapter); see `relearn adapters list`."),
+        click.option(
+            "--base", required=True, metavar="NAME", help="Base model (adapter); see `relearn adapters list`."
+        ),
         click.option("--maps", type=click.Path(path_type=Path), help="Folder of the base's precomputed maps."),
-        click.option("--network", type=click.Path(path_type=Path), help="Network file, for the onnx / torchscript bases."),
+        click.option(
+            "--network", type=click.Path(path_type=Path), help="Network file, for the onnx / torchscript bases."
+        ),
         ADAPTER_FILES,
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
-        click.option("--base-option", "base_option", multiple=True, metavar="KEY=VALUE", callback=_parse_base_option,
-                     help="An option of the adapter (repeatable; the value is read as YAML)."),
+        click.option(
+            "--base-option",
+            "base_option",
+            multiple=True,
+            metavar="KEY=VALUE",
+            callback=_parse_base_option,
+            help="An option of the adapter (repeatable; the value is read as YAML).",
+        ),
     ]
     for decorator in reversed(decorators):
         wrapper = decorator(wrapper)
@@ -143,7 +169,10 @@ def adapters_list(pattern, adapter_files):
     source_width = max(len(str(adapter.source)) for adapter in found)
     for adapter in found:
         version = adapter.source.version or "-"
-        click.echo(f"{adapter.name:<{name_width}}  {str(adapter.source):<{source_width}}  {version:<8}  {adapter.info.description}")
+        click.echo(
+            f"{adapter.name:<{name_width}}  {str(adapter.source):<{source_width}}  {version:<8}  "
+            f"{adapter.info.description}"
+        )
 
 
 @adapters.command("show")
@@ -172,7 +201,10 @@ def adapters_show(name, adapter_files):
     registry = load_registry()
     entry = registry.baseline(info.name)
     if entry is not None:
-        rows += [(f"published {dataset}", f"max F {score.max_f:.3f}  MAE {score.mae:.3f}") for dataset, score in entry.published.items()]
+        rows += [
+            (f"published {dataset}", f"max F {score.max_f:.3f}  MAE {score.mae:.3f}")
+            for dataset, score in entry.published.items()
+        ]
         if entry.published:
             rows.append(("scores from", registry.published_source))
     width = max(len(label) for label, _ in rows)
@@ -183,7 +215,9 @@ def adapters_show(name, adapter_files):
 
 @adapters.command("new")
 @click.argument("name")
-@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path), help="Folder to create the package in.")
+@click.option(
+    "--dir", "folder", required=True, type=click.Path(path_type=Path), help="Folder to create the package in."
+)
 @reports_errors
 def adapters_new(name, folder):
     """Scaffold an installable adapter package NAME in --dir: pyproject with the entry point, hook module, test."""
@@ -197,7 +231,9 @@ def adapters_new(name, folder):
 @main.command()
 @base_options
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of images.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the maps (PNG, image stems).")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the maps (PNG, image stems)."
+)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per adapter call.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache of computed maps.")
 @EXECUTOR
@@ -224,9 +260,16 @@ def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_
     todo = [path for stem, path in images.items() if not (Path(out_dir) / f"{stem}.png").exists()]
     failures: list[BaseMapFailure] = []
     device = resolve_device(base.device)
-    outcomes = predict_maps(todo, adapter, options=base.options(), batch_size=batch_size,
-                            workspace=_workspace(device, no_cache, executor, executor_workers))
-    for path, outcome in tqdm(outcomes, total=len(todo), desc=f"predict {adapter.name}", unit="image", disable=None, file=sys.stderr):
+    outcomes = predict_maps(
+        todo,
+        adapter,
+        options=base.options(),
+        batch_size=batch_size,
+        workspace=_workspace(device, no_cache, executor, executor_workers),
+    )
+    for path, outcome in tqdm(
+        outcomes, total=len(todo), desc=f"predict {adapter.name}", unit="image", disable=None, file=sys.stderr
+    ):
         if isinstance(outcome, BaseMapFailure):
             failures.append(outcome)
         else:
@@ -252,14 +295,31 @@ def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_
 
 @main.command("eval")
 @click.option("--pred", "pred_dir", required=True, type=click.Path(path_type=Path), help="Folder of saliency maps.")
-@click.option("--gt", "gt_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder of ground-truth masks, matched to the maps by file stem.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write every score, its definition and the input problems as JSON.")
-@click.option("--per-image", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write one CSV row of scores per image.")
-@click.option("--curves", "curves_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the PR, ROC, F- and E-vs-threshold curves as .npz.")
+@click.option(
+    "--gt",
+    "gt_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of ground-truth masks, matched to the maps by file stem.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every score, its definition and the input problems as JSON.",
+)
+@click.option(
+    "--per-image",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write one CSV row of scores per image.",
+)
+@click.option(
+    "--curves",
+    "curves_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the PR, ROC, F- and E-vs-threshold curves as .npz.",
+)
 @click.option("--suffix", default="", help="Strip this from map stems before matching (maps named <id>_dss.png: _dss).")
 @click.option("--resize", is_flag=True, help="Resize maps to their mask's size instead of skipping them.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
@@ -271,14 +331,22 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
     Unreadable files, maps or masks without a partner, colour masks and size mismatches are reported one line each
     and skipped; the exit status is 2 when no pair could be scored.
     """
-    from .evaluation.evaluate import evaluate_folders, format_summary, write_curves, write_json, write_per_image_csv
+    from .evaluation.evaluate import (
+        evaluate_folders,
+        format_summary,
+        write_curves,
+        write_json,
+        write_per_image_csv,
+    )
 
     report = evaluate_folders(pred_dir, gt_dir, resize=resize, suffix=suffix, progress=not quiet, workers=workers)
     for line in report.messages():
         click.echo(f"relearn: {line}", err=True)
     if not report.count:
-        raise RelearnError(f"{pred_dir}: nothing could be evaluated against {gt_dir} "
-                           f"({len(report.skipped)} pairs skipped, {len(report.unmatched_maps)} maps without mask)")
+        raise RelearnError(
+            f"{pred_dir}: nothing could be evaluated against {gt_dir} "
+            f"({len(report.skipped)} pairs skipped, {len(report.unmatched_maps)} maps without mask)"
+        )
     click.echo(format_summary(report))
     for path, write in ((json_path, write_json), (csv_path, write_per_image_csv), (curves_path, write_curves)):
         if path is not None:
@@ -288,18 +356,41 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
 
 @main.command("table")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for table.md/.csv/.tex, scores.json, figures/, and the maps, checkpoints it makes.")
-@click.option("--metrics", default=None, metavar="LIST",
-              help="Comma-separated scores for the columns (default: the config's, else max_f,mae,auc).")
-@click.option("--ablation", is_flag=True, help="Also train and draw Fig. 11's components C1..C6 (the config's "
-                                               "`ablation:` base and datasets, else the first re-learned base).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Re-learners trained and wrapped at once (in processes, or on Ray with --executor ray).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for table.md/.csv/.tex, scores.json, figures/, and the maps, checkpoints it makes.",
+)
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated scores for the columns (default: the config's, else max_f,mae,auc).",
+)
+@click.option(
+    "--ablation",
+    is_flag=True,
+    help="Also train and draw Fig. 11's components C1..C6 (the config's "
+    "`ablation:` base and datasets, else the first re-learned base).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Re-learners trained and wrapped at once (in processes, or on Ray with --executor ray).",
+)
 @click.option("--no-relearn", is_flag=True, help="Leave out the Our(X) variants: score the bases and methods only.")
 @EXECUTOR
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache folder (default $RELEARN_CACHE or ~/.cache/relearn).")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache folder (default $RELEARN_CACHE or ~/.cache/relearn).",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @reports_errors
@@ -313,24 +404,34 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor
     import dataclasses
 
     from .evaluation.regenerate import StageCounts, prepare
-    from .evaluation.table import ablation_figures, build_table, default_ablation, load_config, published_rows, write_table
+    from .evaluation.table import (
+        ablation_figures,
+        build_table,
+        default_ablation,
+        load_config,
+        published_rows,
+        write_table,
+    )
 
     table_config = load_config(config)
     if metrics:
         table_config = table_config.with_metrics([name.strip() for name in metrics.split(",") if name.strip()])
     if no_relearn:
-        table_config = dataclasses.replace(table_config, bases=tuple(dataclasses.replace(base, relearn=None)
-                                                                      for base in table_config.bases))
+        table_config = dataclasses.replace(
+            table_config, bases=tuple(dataclasses.replace(base, relearn=None) for base in table_config.bases)
+        )
     components = (table_config.ablation or default_ablation(table_config)) if ablation else None
-    preparation = prepare(table_config, out_dir, jobs=jobs, cache=cache_dir, progress=not quiet, ablation=components,
-                          executor=executor)
+    preparation = prepare(
+        table_config, out_dir, jobs=jobs, cache=cache_dir, progress=not quiet, ablation=components, executor=executor
+    )
     result = build_table(preparation.config, progress=not quiet, workers=workers, errors=preparation.errors)
     for line in preparation.warnings + result.warnings:
         click.echo(f"relearn: warning: {line}", err=True)
     written = write_table(result, out_dir)
     if components is not None:
-        figures, notes = ablation_figures(preparation.ablation, preparation.config, components.datasets, out_dir,
-                                          workers)
+        figures, notes = ablation_figures(
+            preparation.ablation, preparation.config, components.datasets, out_dir, workers
+        )
         written += figures
         for line in notes:
             click.echo(f"relearn: warning: {line}", err=True)
@@ -338,16 +439,23 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor
         click.echo(f"wrote {path}")
     for row in published_rows(result):
         diff_f, diff_mae = row.differences()
-        measured = ("not measured" if row.measured_max_f is None else
-                    f"max F {row.measured_max_f:.3f} ({diff_f:+.3f}), MAE {row.measured_mae:.3f} ({diff_mae:+.3f})")
-        click.echo(f"{row.method} on {row.dataset}: published max F {row.published_max_f:.3f}, MAE "
-                   f"{row.published_mae:.3f}; measured {measured}")
+        measured = (
+            "not measured"
+            if row.measured_max_f is None
+            else f"max F {row.measured_max_f:.3f} ({diff_f:+.3f}), MAE {row.measured_mae:.3f} ({diff_mae:+.3f})"
+        )
+        click.echo(
+            f"{row.method} on {row.dataset}: published max F {row.published_max_f:.3f}, MAE "
+            f"{row.published_mae:.3f}; measured {measured}"
+        )
     cells = StageCounts("cells")
     cells.computed = sum(report is not None for report in result.reports.values())
     cells.failed = len(result.errors)
     cells.skipped = len(preparation.config.methods) * len(preparation.config.datasets) - cells.computed - cells.failed
-    click.echo("summary: " + "; ".join(counts.line(stage) for stage, counts in
-                                        [*preparation.counts.items(), ("table cells", cells)]))
+    click.echo(
+        "summary: "
+        + "; ".join(counts.line(stage) for stage, counts in [*preparation.counts.items(), ("table cells", cells)])
+    )
 
 
 # --- re-learning: `train` and `wrap` (relearn_core/api.py) ---
@@ -392,15 +500,21 @@ def _echo_run_report(report, what: str) -> None:
         for path, problem in report.unreadable:
             click.echo(f"  {path}: {problem}", err=True)
     if report.duplicates:
-        click.echo(f"relearn: {len(report.duplicates)} images are copies of others (used once): "
-                   f"{', '.join(report.duplicates)}", err=True)
+        click.echo(
+            f"relearn: {len(report.duplicates)} images are copies of others (used once): "
+            f"{', '.join(report.duplicates)}",
+            err=True,
+        )
     if report.base_failures:
         click.echo(f"relearn: the base failed on {len(report.base_failures)} images (left out):", err=True)
         for failure in report.base_failures:
             click.echo(f"  {failure}", err=True)
     if report.missing_gt:
-        click.echo(f"relearn: {len(report.missing_gt)} training images have no ground truth (skipped as targets, "
-                   f"kept in the pool): {', '.join(report.missing_gt)}", err=True)
+        click.echo(
+            f"relearn: {len(report.missing_gt)} training images have no ground truth (skipped as targets, "
+            f"kept in the pool): {', '.join(report.missing_gt)}",
+            err=True,
+        )
     pool = f"; pool of {report.pool_size} images" if report.pool_size else ""
     click.echo(f"{what}{pool}; time by stage, {report.timings.summary()}")
 
@@ -416,21 +530,45 @@ def _labelled(images_dir: Path, gt_dir: Path) -> tuple[list[Path], dict[Path, Pa
 
 @main.command("train")
 @base_options
-@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of training images.")
-@click.option("--gt", "gt_dir", required=True, type=click.Path(path_type=Path), help="Folder of their masks (same stems).")
-@click.option("--pool", "pools", multiple=True, type=click.Path(path_type=Path),
-              help="Extra unlabelled pool images (folder, repeatable); the training images are always in the pool.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
-@click.option("--backbone", default=None, help="Feature backbone (default: handcrafted, needs no weights; vgg16-hed is the paper's).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML overriding fields of the re-learner's configuration (see relearn_core.config.RelearnConfig).")
+@click.option(
+    "--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of training images."
+)
+@click.option(
+    "--gt", "gt_dir", required=True, type=click.Path(path_type=Path), help="Folder of their masks (same stems)."
+)
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Extra unlabelled pool images (folder, repeatable); the training images are always in the pool.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint to write (.pt).",
+)
+@click.option(
+    "--backbone",
+    default=None,
+    help="Feature backbone (default: handcrafted, needs no weights; vgg16-hed is the paper's).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML overriding fields of the re-learner's configuration (see relearn_core.config.RelearnConfig).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
 @EXECUTOR
 @WORKERS
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @reports_errors
-def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_path, no_cache, executor,
-                  executor_workers, quiet):
+def train_command(
+    base, images_dir, gt_dir, pools, out_path, backbone, config_path, no_cache, executor, executor_workers, quiet
+):
     """Train a re-learner for a base model on labelled images; write one checkpoint file."""
     import yaml
 
@@ -454,9 +592,16 @@ def train_command(base, images_dir, gt_dir, pools, out_path, backbone, config_pa
     images, masks = _labelled(images_dir, gt_dir)
     progress = StageProgress(quiet)
     try:
-        report = train(images, masks, base.adapter(), pools=[list(images_in(p).values()) for p in pools],
-                       options=base.options(), config=config,
-                       workspace=_workspace(device, no_cache, executor, executor_workers), progress=progress)
+        report = train(
+            images,
+            masks,
+            base.adapter(),
+            pools=[list(images_in(p).values()) for p in pools],
+            options=base.options(),
+            config=config,
+            workspace=_workspace(device, no_cache, executor, executor_workers),
+            progress=progress,
+        )
     finally:
         progress.close()
     save_checkpoint(report.relearner, out_path)
@@ -471,21 +616,42 @@ def _echo_held_out(relearner) -> None:
         return
     images = relearner.summary.get("validation_images", 0)
     if relearner.keeps_base:
-        click.echo(f"relearn: on its {images} held-out training images no epoch made the maps better than the base "
-                   f"(MAE {held['base']:.4f}): this re-learner keeps the base maps as they are", err=True)
+        click.echo(
+            f"relearn: on its {images} held-out training images no epoch made the maps better than the base "
+            f"(MAE {held['base']:.4f}): this re-learner keeps the base maps as they are",
+            err=True,
+        )
     else:
-        click.echo(f"relearn: on its {images} held-out training images the re-learner (epoch {held['epoch']}) brings "
-                   f"the MAE of the maps from {held['base']:.4f} to {held['relearned']:.4f}", err=True)
+        click.echo(
+            f"relearn: on its {images} held-out training images the re-learner (epoch {held['epoch']}) brings "
+            f"the MAE of the maps from {held['base']:.4f} to {held['relearned']:.4f}",
+            err=True,
+        )
 
 
 @main.command("wrap")
 @base_options
-@click.option("--model", "checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Re-learner checkpoint (default: $RELEARN_HOME/models/<base>.pt, else the one shipped for the base).")
+@click.option(
+    "--model",
+    "checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-learner checkpoint (default: $RELEARN_HOME/models/<base>.pt, else the one shipped for the base).",
+)
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of images.")
-@click.option("--pool", "pools", multiple=True, type=click.Path(path_type=Path),
-              help="Pool images (folder, repeatable); default: the other input images.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the Our(X) maps.")
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Pool images (folder, repeatable); default: the other input images.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the Our(X) maps.",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
 @EXECUTOR
 @WORKERS
@@ -510,7 +676,9 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
     if out_dir.resolve() in inputs:
         raise InputError(out_dir, "the output folder must not be an input folder")
     device = resolve_device(base.device)
-    relearner = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(adapter.name), adapter.name, device)
+    relearner = load_checkpoint(
+        checkpoint if checkpoint is not None else default_checkpoint(adapter.name), adapter.name, device
+    )
     _echo_held_out(relearner)
     images = images_in(images_dir)
     done = [stem for stem in images if (out_dir / f"{stem}.png").exists()]
@@ -519,14 +687,24 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
     pool_images = [list(images_in(p).values()) for p in pools] or [list(images.values())]
     progress = StageProgress(quiet)
     try:
-        report = wrap(todo, relearner, adapter, pools=pool_images, options=base.options(),
-                      workspace=_workspace(device, no_cache, executor, executor_workers), progress=progress,
-                      write=lambda outcome: write_map(out_dir / f"{outcome.entry.name}.png", outcome.saliency))
+        report = wrap(
+            todo,
+            relearner,
+            adapter,
+            pools=pool_images,
+            options=base.options(),
+            workspace=_workspace(device, no_cache, executor, executor_workers),
+            progress=progress,
+            write=lambda outcome: write_map(out_dir / f"{outcome.entry.name}.png", outcome.saliency),
+        )
     finally:
         progress.close()
     why = "the re-learner keeps the base" if relearner.keeps_base else "no usable neighbour or nothing unsure"
-    _echo_run_report(report, f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "
-                              f"({len(report.kept_base)} kept the base map: {why}; "
-                              f"{len(done)} were already there)")
+    _echo_run_report(
+        report,
+        f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "
+        f"({len(report.kept_base)} kept the base map: {why}; "
+        f"{len(done)} were already there)",
+    )
     if report.base_failures or report.unreadable:
         sys.exit(1)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
-from typing import Mapping
 
 from .correspondence.align import AlignParams
 from .correspondence.flow import FLOW_GRID, SiftFlowParams
@@ -44,7 +44,7 @@ class RelearnConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_overrides(self, overrides: Mapping) -> "RelearnConfig":
+    def with_overrides(self, overrides: Mapping) -> RelearnConfig:
         """A copy with nested fields replaced, e.g. ``{"joint": {"epochs": 10}, "backbone": "vgg16-hed"}``."""
 
         def merge(base: dict, extra: Mapping, where: str) -> dict:
@@ -57,7 +57,7 @@ class RelearnConfig:
         return RelearnConfig.from_dict(merge(self.to_dict(), overrides, ""))
 
     @classmethod
-    def from_dict(cls, values: Mapping) -> "RelearnConfig":
+    def from_dict(cls, values: Mapping) -> RelearnConfig:
         return _dataclass_from_dict(cls, values)
 
 

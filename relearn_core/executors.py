@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 from .errors import RelearnError
 
@@ -130,8 +130,9 @@ class ProcessExecutor:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_start)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start
+            )
         futures = [self._pool.submit(function, item) for item in items]
         try:
             for future in futures:
@@ -158,12 +159,18 @@ class RayExecutor:
             raise RelearnError(f"the ray executor needs Ray: {RAY_INSTALL}") from None
         self._ray = ray
         address = address or os.environ.get("RAY_ADDRESS") or None
-        if not ray.is_initialized():
+        self._started = not ray.is_initialized()
+        if self._started:
             if address:
-                ray.init(address=address, logging_level="warning", log_to_driver=False)
+                ray.init(address=address, logging_level="error", log_to_driver=False)
             else:
-                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, logging_level="warning",
-                         log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                ray.init(
+                    num_cpus=workers or os.cpu_count(),
+                    include_dashboard=False,
+                    logging_level="error",
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+                )
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(num_cpus=1)(_run_in_worker)
 
@@ -184,7 +191,9 @@ class RayExecutor:
                 self._ray.cancel(ref)
 
     def close(self) -> None:
-        pass
+        """Shut down the local cluster this executor started (a cluster it joined is left running)."""
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
 
 
 def local_executor(workers: int | None = None, device: str = "cpu") -> LocalExecutor:
@@ -204,5 +213,6 @@ def make_executor(kind: str | None = None, workers: int | None = None, device: s
         return ProcessExecutor(workers)
     if kind == "ray":
         return RayExecutor(workers)
-    raise RelearnError(f"unknown executor {kind!r}: choose one of {', '.join(KINDS)} (option --executor or "
-                       f"${EXECUTOR_ENV})")
+    raise RelearnError(
+        f"unknown executor {kind!r}: choose one of {', '.join(KINDS)} (option --executor or ${EXECUTOR_ENV})"
+    )

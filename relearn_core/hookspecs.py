@@ -4,14 +4,28 @@ An adapter is a module or object with ``@hookimpl`` functions for some of these 
 (``relearn_adapters``), adapters found through the ``relearn.adapters`` entry-point group and adapter files given
 with ``--adapter path/to/file.py`` are registered the same way.
 
-Dispatch works by name: :func:`relearn_predict` and :func:`relearn_extract_features` are ``firstresult`` hooks,
-and an implementation returns ``None`` for a name that is not its own, so exactly one adapter answers each call.
+Dispatch is done by relearn, once: :func:`relearn_predict` and :func:`relearn_extract_features` are called on the
+one plugin that declared the adapter (or backbone) named in the call, never on another, so an implementation only
+ever receives its own names (relearn_core/plugins.py). ``RELEARN_TRACE_HOOKS=1`` prints every call.
+
+A complete adapter, one file::
+
+    from relearn_core.hookspecs import AdapterInfo, hookimpl
+
+    @hookimpl
+    def relearn_adapters():
+        return [AdapterInfo(name="mynet", description="my saliency network", predicts_from="network")]
+
+    @hookimpl
+    def relearn_predict(adapter, images, names, options):
+        return [my_network(image, options["device"]) for image in images]   # float32 (H, W) in [0, 1] each
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pluggy
@@ -46,40 +60,58 @@ class BackboneInfo:
 
 @hookspec
 def relearn_adapters() -> Sequence[AdapterInfo]:
-    """Return the adapters (base models) this plugin provides.
+    """Declare the adapters (base models) this plugin provides.
 
-    Called once when the plugin manager is built. Every name must be unique across all plugins; two adapters with
-    one name are an error naming both sources.
+    :return: one :class:`AdapterInfo` per adapter.
+
+    Called once per process, the first time relearn lists or looks up adapters (and again after ``--adapter FILE``
+    loads a file). Every name must be unique across all plugins: two adapters with one name are an error naming both
+    sources.
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def relearn_predict(
     adapter: str, images: Sequence[np.ndarray], names: Sequence[str], options: Mapping[str, Any]
-) -> list[np.ndarray] | None:
-    """Predict saliency for a batch of images with the adapter called ``adapter``.
+) -> list[np.ndarray]:
+    """Predict saliency for a batch of images with one of this plugin's adapters.
 
-    :param adapter: the adapter's name; return ``None`` when it is not one of yours.
-    :param images: RGB uint8 arrays of shape (H, W, 3), one per image (sizes may differ).
+    :param adapter: the name of the adapter (one this plugin declared in :func:`relearn_adapters`).
+    :param images: RGB uint8 arrays of shape (H, W, 3), one per image (sizes may differ). Grey, palette and RGBA
+        files are converted to RGB before (alpha composited on white), 16-bit files to 8 bits.
     :param names: the images' file stems, in the same order (used by adapters that read precomputed maps).
-    :param options: the adapter's options: its registry defaults overlaid with the user's (``maps`` folder,
-        ``device``, model file, ...).
+    :param options: the adapter's ``AdapterInfo.options`` overlaid with the user's: ``--maps DIR`` as ``maps``,
+        ``--network FILE`` as ``model``, every ``--base-option KEY=VALUE`` as ``KEY``; ``device`` is always set
+        (``"cpu"``, ``"cuda"``, ...; ``--device auto`` already resolved).
     :return: one float32 array per image, shape (H, W) of that image, values in [0, 1].
-        Raise an exception for an image that cannot be predicted; relearn names the adapter and image.
+
+    Called for every batch of images (``--batch-size``, 8 by default) whose maps are not in the cache, from worker
+    threads, processes or Ray workers. Raise an exception for an image that cannot be predicted: relearn then predicts
+    the batch's images one by one, lists the ones that fail with the adapter's name, and goes on with the others.
     """
 
 
 @hookspec
 def relearn_backbones() -> Sequence[BackboneInfo]:
-    """Return the feature backbones this plugin provides (an adapter may offer its own network's features here)."""
+    """Declare the feature backbones this plugin provides (an adapter may offer its own network's features here, so
+    that the re-learner can use the base network's knowledge: ``relearn train --backbone NAME``).
+
+    :return: one :class:`BackboneInfo` per backbone.
+
+    Called once per process, the first time relearn lists or looks up backbones. Names are unique across plugins.
+    """
 
 
-@hookspec(firstresult=True)
-def relearn_extract_features(backbone: str, images: "torch.Tensor", device: str) -> list["torch.Tensor"] | None:  # noqa: F821
-    """Compute deep feature maps with the backbone called ``backbone``.
+@hookspec
+def relearn_extract_features(backbone: str, images: torch.Tensor, device: str) -> list[torch.Tensor]:  # noqa: F821
+    """Compute deep feature maps with one of this plugin's backbones.
 
-    :param backbone: the backbone's name; return ``None`` when it is not one of yours.
-    :param images: float32 tensor (N, 3, H, W), RGB in [0, 1], on ``device``.
+    :param backbone: the name of the backbone (one this plugin declared in :func:`relearn_backbones`).
+    :param images: float32 tensor (N, 3, H, W), RGB in [0, 1], on ``device``; images shrunk to a long side of 320 px.
     :param device: a torch device string ("cpu", "cuda", ...).
-    :return: a list of feature maps (N, C_k, H_k, W_k), one per level listed in ``BackboneInfo.channels``.
+    :return: a list of feature maps (N, C_k, H_k, W_k), one per level listed in ``BackboneInfo.channels``, at any
+        resolution (relearn pools them over each superpixel).
+
+    Called by the features stage for every image whose superpixel features are not in the cache, from worker
+    threads, processes or Ray workers, with torch on one thread per worker.
     """

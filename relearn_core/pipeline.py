@@ -51,7 +51,13 @@ from .records import (
 )
 from .relearning.features import features_for, instance_pairs, saliency_cues
 from .relearning.joint import PairBatch, predict_joint
-from .relearning.pair_filter import aligned_iou, filter_candidates, superpixel_shares, table1_labels, target_instances
+from .relearning.pair_filter import (
+    aligned_iou,
+    filter_candidates,
+    superpixel_shares,
+    table1_labels,
+    target_instances,
+)
 from .relearning.pseudo_gt import pseudo_gt_for
 from .relearning.saliency import join_with_base, logit, superpixel_means
 from .workspace import Workspace
@@ -97,12 +103,15 @@ def image_evidence(ws: Workspace, entry: ImageEntry, base_map: np.ndarray, confi
 
 
 def _regions(ws: Workspace, entry: ImageEntry, params: CorrespondenceParams) -> Regions:
-    return Regions(superpixels_for(ws, entry, params.superpixels),
-                   proposals_for(ws, entry, params.proposals, params.edge_boxes, params.edge_method))
+    return Regions(
+        superpixels_for(ws, entry, params.superpixels),
+        proposals_for(ws, entry, params.proposals, params.edge_boxes, params.edge_method),
+    )
 
 
-def correspondences(ws: Workspace, target: ImageEntry, pool: Pool, params: CorrespondenceParams
-                    ) -> list[PairCorrespondence]:
+def correspondences(
+    ws: Workspace, target: ImageEntry, pool: Pool, params: CorrespondenceParams
+) -> list[PairCorrespondence]:
     """Retrieval, regions, SIFT Flow and the bi-level alignment of a target against its neighbours in the pool."""
     found = pool.neighbours(ws, target, params.neighbours)
     if not found:
@@ -111,16 +120,32 @@ def correspondences(ws: Workspace, target: ImageEntry, pool: Pool, params: Corre
     target_regions = _regions(ws, target, params)
     neighbour_regions = [_regions(ws, entry, params) for entry in neighbours]
     flows = flows_for(ws, target, neighbours, params.flow, params.flow_grid)
-    region_key = {"superpixels": params.superpixels, "proposals": params.proposals,
-                  "edges": resolve_edge_method(params.edge_method)}
-    alignments = alignments_for(ws, target, target_regions, neighbours, neighbour_regions, flows, params.align,
-                                params.flow, params.flow_grid, region_key)
-    return [PairCorrespondence(target, entry, distance, alignment)
-            for (entry, distance), alignment in zip(found, alignments)]
+    region_key = {
+        "superpixels": params.superpixels,
+        "proposals": params.proposals,
+        "edges": resolve_edge_method(params.edge_method),
+    }
+    alignments = alignments_for(
+        ws,
+        target,
+        target_regions,
+        neighbours,
+        neighbour_regions,
+        flows,
+        params.align,
+        params.flow,
+        params.flow_grid,
+        region_key,
+    )
+    return [
+        PairCorrespondence(target, entry, distance, alignment)
+        for (entry, distance), alignment in zip(found, alignments)
+    ]
 
 
-def target_pairs(ws: Workspace, target: ImageEntry, base_map: np.ndarray, pool: Pool, config: RelearnConfig
-                 ) -> TargetPairs | None:
+def target_pairs(
+    ws: Workspace, target: ImageEntry, base_map: np.ndarray, pool: Pool, config: RelearnConfig
+) -> TargetPairs | None:
     """Fig. 2 up to the instance pairs for one target; None when the pool gives it no neighbour."""
     found = correspondences(ws, target, pool, config.correspondence)
     if not found:
@@ -135,8 +160,9 @@ def prior_logit(base_mean: np.ndarray) -> np.ndarray:
     return logit(base_mean).astype(np.float32)
 
 
-def relearn_image(ws: Workspace, relearner: Relearner, pool: Pool, target: tuple[ImageEntry, np.ndarray]
-                  ) -> WrapOutcome:
+def relearn_image(
+    ws: Workspace, relearner: Relearner, pool: Pool, target: tuple[ImageEntry, np.ndarray]
+) -> WrapOutcome:
     """Our(X) for one image: its base map corrected where the pseudo-GT is unsure and a kept pair supports it."""
     entry, base_map = target
     config = relearner.config
@@ -149,8 +175,12 @@ def relearn_image(ws: Workspace, relearner: Relearner, pool: Pool, target: tuple
         rows = evidence.relearned(config.min_unsure) & keep.any(1)
         scores = np.full(evidence.superpixels.count, np.nan)
         if rows.any():
-            batch = PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), keep[rows],
-                              prior_logit(evidence.base_mean[rows]))
+            batch = PairBatch(
+                pairs.cf[rows],
+                pairs.similarity[rows].astype(np.float32),
+                keep[rows],
+                prior_logit(evidence.base_mean[rows]),
+            )
             scores[rows] = predict_joint(relearner.joint, batch, ws.device)
     if not rows.any():
         return WrapOutcome(entry, base_map, False)
@@ -159,8 +189,13 @@ def relearn_image(ws: Workspace, relearner: Relearner, pool: Pool, target: tuple
     return WrapOutcome(entry, saliency, True, int(rows.sum()))
 
 
-def training_image(ws: Workspace, config: RelearnConfig, pool: Pool, negative_cap: int,
-                   target: tuple[int, ImageEntry, np.ndarray, np.ndarray]) -> TrainingImage | None:
+def training_image(
+    ws: Workspace,
+    config: RelearnConfig,
+    pool: Pool,
+    negative_cap: int,
+    target: tuple[int, ImageEntry, np.ndarray, np.ndarray],
+) -> TrainingImage | None:
     """What training image number ``number`` gives the pair filter and the joint re-learner (None: no neighbour)."""
     number, entry, base_map, gt = target
     pairs = target_pairs(ws, entry, base_map, pool, config)
@@ -168,13 +203,27 @@ def training_image(ws: Workspace, config: RelearnConfig, pool: Pool, negative_ca
         return None
     evidence = pairs.evidence
     facts = target_instances(evidence.superpixels.labels, gt, evidence.pseudo_gt.salient, evidence.pseudo_gt.background)
-    pair_iou = aligned_iou(facts.gt_class[:, None], facts.class_share[:, None],
-                           pairs.aligned_share("trusted_salient"), pairs.aligned_share("trusted_background"))
+    pair_iou = aligned_iou(
+        facts.gt_class[:, None],
+        facts.class_share[:, None],
+        pairs.aligned_share("trusted_salient"),
+        pairs.aligned_share("trusted_background"),
+    )
     labels = table1_labels(facts.pgt_iou, pair_iou)[pairs.valid]
     chosen = filter_candidates(labels, negative_cap, config.filter.seed + number)
     # only the re-learned superpixels' pairs are kept: all pairs of every image do not fit in memory with VGG features
     region = evidence.relearned(config.min_unsure) & pairs.valid.any(1)
-    return TrainingImage(pairs.cf[pairs.valid][chosen], labels[chosen], len(labels), int(labels.sum()),
-                         pairs.cf[region], pairs.similarity[region], pairs.valid[region],
-                         prior_logit(evidence.base_mean[region]), facts.salient_share[region],
-                         np.flatnonzero(region), evidence, gt)
+    return TrainingImage(
+        pairs.cf[pairs.valid][chosen],
+        labels[chosen],
+        len(labels),
+        int(labels.sum()),
+        pairs.cf[region],
+        pairs.similarity[region],
+        pairs.valid[region],
+        prior_logit(evidence.base_mean[region]),
+        facts.salient_share[region],
+        np.flatnonzero(region),
+        evidence,
+        gt,
+    )

@@ -6,7 +6,8 @@ One module-level :class:`pluggy.PluginManager`, built on first use, holds
 - every module of the ``relearn.adapters`` entry-point group (installed third-party packages),
 - adapter files given by path (``--adapter path/to/file.py``, :func:`load_adapter_file`),
 
-all registered the same way. Setting ``RELEARN_TRACE_HOOKS=1`` prints every hook call, its answer and its time on stderr.
+all registered the same way. Setting ``RELEARN_TRACE_HOOKS=1`` prints every hook call, its answer and its time on
+stderr.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import importlib.util
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pluggy
 
@@ -112,7 +114,11 @@ def _build() -> pluggy.PluginManager:
 
         def after(outcome, hook_name, hook_impls, kwargs):
             seconds = time.perf_counter() - started.pop()
-            result = "raised " + repr(outcome.exception) if outcome.exception else f"returned {type(outcome.get_result()).__name__}"
+            result = (
+                "raised " + repr(outcome.exception)
+                if outcome.exception
+                else f"returned {type(outcome.get_result()).__name__}"
+            )
             print(f"relearn hook: {hook_name} {result} in {seconds * 1000:.1f} ms", file=sys.stderr)
 
         manager.add_hookcall_monitoring(before, after)
@@ -123,7 +129,9 @@ def _build() -> pluggy.PluginManager:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            raise RelearnError(f"built-in adapter module {module_name} cannot be imported: {type(exc).__name__}: {exc}") from exc
+            raise RelearnError(
+                f"built-in adapter module {module_name} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
         _register(manager, module, module_name, PluginSource(BUILT_IN, module_name, __version__))
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry_point.dist
@@ -135,7 +143,9 @@ def _build() -> pluggy.PluginManager:
                 f"adapter entry point {entry_point.name!r} ({entry_point.value}) of the installed package "
                 f"{dist.name if dist else '?'} cannot be loaded: {type(exc).__name__}: {exc}"
             ) from exc
-        _register(manager, plugin, f"entry-point:{origin}", PluginSource(ENTRY_POINT, origin, dist.version if dist else ""))
+        _register(
+            manager, plugin, f"entry-point:{origin}", PluginSource(ENTRY_POINT, origin, dist.version if dist else "")
+        )
     return manager
 
 
@@ -273,9 +283,18 @@ def list_adapters(pattern: str | Sequence[str] = "*", exclude: str | Sequence[st
     ]
 
 
+def _ask_owner(plugin_name: str, hook_name: str, **arguments) -> Any:
+    """The answer of the one plugin that owns the adapter or backbone a call is about: dispatch is done here, once,
+    so a hook implementation only ever hears of its own names."""
+    answers = _plugin_caller(plugin_name, hook_name)(**arguments)
+    return answers[0] if answers else None
+
+
 def predict(adapter: Adapter, images, names, options) -> Any:
     """Call ``relearn_predict`` on the plugin that provides ``adapter`` (and on no other)."""
-    return _plugin_caller(adapter.plugin, "relearn_predict")(adapter=adapter.name, images=images, names=names, options=options)
+    return _ask_owner(
+        adapter.plugin, "relearn_predict", adapter=adapter.name, images=images, names=names, options=options
+    )
 
 
 def get_backbones() -> list[Backbone]:
@@ -297,7 +316,7 @@ def get_backbone(name: str) -> Backbone:
 def extract_features(backbone: str, images, device: str) -> list:
     """Deep feature maps of ``images`` (float32 (N, 3, H, W), RGB in [0, 1]) from the backbone called ``backbone``."""
     record = get_backbone(backbone)
-    features = _plugin_caller(record.plugin, "relearn_extract_features")(backbone=record.name, images=images, device=device)
+    features = _ask_owner(record.plugin, "relearn_extract_features", backbone=record.name, images=images, device=device)
     if features is None:
         raise RelearnError(f"backbone {record.name!r} ({record.source}) returned no features")
     if len(features) != len(record.info.channels):

@@ -43,7 +43,7 @@ class BaseMap:
         return {"map": self.map}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "BaseMap":
+    def from_arrays(cls, arrays) -> BaseMap:
         return cls(arrays["map"].astype(np.float32, copy=False))
 
 
@@ -57,7 +57,7 @@ class Descriptor:
         return {"descriptor": self.descriptor}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Descriptor":
+    def from_arrays(cls, arrays) -> Descriptor:
         return cls(arrays["descriptor"])
 
 
@@ -80,7 +80,7 @@ class Superpixels:
         return {"labels": self.labels}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Superpixels":
+    def from_arrays(cls, arrays) -> Superpixels:
         labels = arrays["labels"].astype(np.int32)
         return cls(labels, int(labels.max()) + 1)
 
@@ -99,7 +99,7 @@ class Proposals:
         return {"boxes": self.boxes, "scores": self.scores}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Proposals":
+    def from_arrays(cls, arrays) -> Proposals:
         return cls(arrays["boxes"].astype(np.int64), arrays["scores"].astype(np.float64))
 
 
@@ -115,7 +115,7 @@ class FlowGrid:
         return {"flow": self.flow.astype(np.float16), "cost": self.cost.astype(np.float16)}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "FlowGrid":
+    def from_arrays(cls, arrays) -> FlowGrid:
         return cls(arrays["flow"].astype(np.float32), arrays["cost"].astype(np.float32))
 
 
@@ -139,7 +139,7 @@ class Alignment:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Alignment":
+    def from_arrays(cls, arrays) -> Alignment:
         return cls(**{name: arrays[name] for name in cls.__dataclass_fields__})
 
 
@@ -158,7 +158,7 @@ class PseudoGT:
         return {"salient": self.salient, "background": self.background}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "PseudoGT":
+    def from_arrays(cls, arrays) -> PseudoGT:
         return cls(arrays["salient"].astype(bool), arrays["background"].astype(bool))
 
 
@@ -172,7 +172,7 @@ class SuperpixelFeatures:
         return {"values": self.values}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "SuperpixelFeatures":
+    def from_arrays(cls, arrays) -> SuperpixelFeatures:
         return cls(arrays["values"])
 
 
@@ -224,7 +224,7 @@ class TargetPairs:
         return self.source >= 0
 
     def aligned_share(self, shares: str) -> np.ndarray:
-        """(S, M) a per-superpixel array (attribute name of ImageEvidence) of each aligned superpixel; 0 where missing."""
+        """(S, M) a per-superpixel array (an attribute of ImageEvidence) of each aligned superpixel; 0 where missing."""
         out = np.zeros(self.source.shape)
         for k, neighbour in enumerate(self.neighbours):
             hit = self.source == k

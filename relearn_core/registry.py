@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -106,7 +107,9 @@ def _parse_baseline(path: Path, name: str, values: Any) -> Baseline:
         try:
             published[str(dataset)] = PublishedScore(max_f=float(score["max_f"]), mae=float(score["mae"]))
         except (TypeError, KeyError, ValueError):
-            raise InputError(path, f"baseline {name!r}: published score for {dataset!r} needs numbers max_f and mae") from None
+            raise InputError(
+                path, f"baseline {name!r}: published score for {dataset!r} needs numbers max_f and mae"
+            ) from None
     return Baseline(
         name=str(name).lower(),
         display=str(values.get("display", name)),
@@ -133,7 +136,9 @@ def _parse_network(path: Path, values: Any) -> NetworkBase:
     if not model.is_absolute():
         model = path.parent / model
     options = {key: value for key, value in values.items() if key not in ("name", "format", "model", "description")}
-    return NetworkBase(name=name.lower(), format=fmt, model=model, options=options, description=str(values.get("description", "")))
+    return NetworkBase(
+        name=name.lower(), format=fmt, model=model, options=options, description=str(values.get("description", ""))
+    )
 
 
 def _parse(path: Path) -> Registry:
@@ -173,7 +178,9 @@ def _load(paths: tuple[Path, ...], versions: tuple[int, ...]) -> Registry:
     for part in parts:
         for entry in (*part.baselines, *part.networks):
             if entry.name in seen:
-                raise InputError(part.paths[0], f"registry name {entry.name!r} is already defined in {seen[entry.name]}")
+                raise InputError(
+                    part.paths[0], f"registry name {entry.name!r} is already defined in {seen[entry.name]}"
+                )
             seen[entry.name] = part.paths[0]
     return merged
 

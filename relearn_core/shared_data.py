@@ -13,5 +13,7 @@ def shared_data_dir() -> Path:
     configured = os.environ.get("RELEARN_DATA")
     path = Path(configured) if configured else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
     if not (path / "SOD").is_dir():
-        raise InputError(path, "shared data not found (set RELEARN_DATA to the folder holding SOD/, GrabCut/, BSDS500-pool/)")
+        raise InputError(
+            path, "shared data not found (set RELEARN_DATA to the folder holding SOD/, GrabCut/, BSDS500-pool/)"
+        )
     return path

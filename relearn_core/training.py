@@ -10,7 +10,7 @@ leaves the base as it is.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,7 +18,13 @@ from .checkpoint import Relearner
 from .config import RelearnConfig
 from .errors import RelearnError
 from .records import ImageEvidence, TrainingImage
-from .relearning.joint import JointRelearner, PairBatch, predict_joint, split_groups, train_joint
+from .relearning.joint import (
+    JointRelearner,
+    PairBatch,
+    predict_joint,
+    split_groups,
+    train_joint,
+)
 from .relearning.pair_filter import train_pair_filter
 from .relearning.saliency import join_with_base
 
@@ -31,18 +37,26 @@ def negative_cap(config: RelearnConfig, images: int) -> int:
     return max(50, int(np.ceil(2 * config.filter.negatives / max(images, 1))))
 
 
-def fit(base: str, images: list[TrainingImage | None], config: RelearnConfig = RelearnConfig(), device: str = "cpu",
-        progress: Progress | None = None) -> Relearner:
+def fit(
+    base: str,
+    images: list[TrainingImage | None],
+    config: RelearnConfig = RelearnConfig(),
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> Relearner:
     """Train the pair filter and the joint re-learner for ``base`` from its training images (None: an image with no
     usable neighbour)."""
     progress = progress or (lambda stage, done, total: None)
     usable = [image for image in images if image is not None]
     if not usable:
         raise RelearnError("no training image has a usable neighbour in the pool: give a larger --pool")
-    summary = {"targets": len(images), "targets_with_neighbours": len(usable),
-               "trained_on": [[image.evidence.entry.name, image.evidence.entry.hash] for image in usable],
-               "pairs": sum(image.pairs for image in usable),
-               "positive_pairs": sum(image.positive_pairs for image in usable)}
+    summary = {
+        "targets": len(images),
+        "targets_with_neighbours": len(usable),
+        "trained_on": [[image.evidence.entry.name, image.evidence.entry.hash] for image in usable],
+        "pairs": sum(image.pairs for image in usable),
+        "positive_pairs": sum(image.positive_pairs for image in usable),
+    }
     filter_cf = np.concatenate([image.filter_cf for image in usable])
     filter_labels = np.concatenate([image.filter_labels for image in usable])
     pair_filter = None
@@ -61,8 +75,9 @@ def fit(base: str, images: list[TrainingImage | None], config: RelearnConfig = R
         keep = relearner.keep(image.cf, image.valid, device)
         rows = keep.any(1)
         if rows.any():
-            batches.append(PairBatch(image.cf[rows], image.similarity[rows].astype(np.float32), keep[rows],
-                                     image.prior[rows]))
+            batches.append(
+                PairBatch(image.cf[rows], image.similarity[rows].astype(np.float32), keep[rows], image.prior[rows])
+            )
             targets_z.append(image.salient_share[rows])
             groups.append(np.full(int(rows.sum()), len(held_images)))
             superpixel_ids.append(image.superpixels[rows])
@@ -83,8 +98,9 @@ def fit(base: str, images: list[TrainingImage | None], config: RelearnConfig = R
         progress("joint epochs", len(held_out_errors) - 1, config.joint.epochs)
         return held_out_errors[-1]
 
-    relearner.joint, history = train_joint(batch, np.concatenate(targets_z), config.joint, device, held_out,
-                                           held_out_error)
+    relearner.joint, history = train_joint(
+        batch, np.concatenate(targets_z), config.joint, device, held_out, held_out_error
+    )
     summary["classifier_errors"] = history[-1] if history else []
     if held_out_errors:
         epoch = int(np.argmin(held_out_errors))
@@ -92,8 +108,14 @@ def fit(base: str, images: list[TrainingImage | None], config: RelearnConfig = R
     return relearner
 
 
-def held_out_mae(model: JointRelearner, pairs: PairBatch, groups: np.ndarray, superpixel_ids: np.ndarray,
-                 images: list[tuple[ImageEvidence, np.ndarray]], device: str = "cpu") -> float:
+def held_out_mae(
+    model: JointRelearner,
+    pairs: PairBatch,
+    groups: np.ndarray,
+    superpixel_ids: np.ndarray,
+    images: list[tuple[ImageEvidence, np.ndarray]],
+    device: str = "cpu",
+) -> float:
     """Mean absolute error to the ground truth of the final maps (the join with the base, as wrap makes them) of the
     held-out training images, the images ``images[g]`` of the rows' groups ``g``: what the epoch is chosen by, so that
     a re-learner whose corrections do not make the written maps better stays at the base."""
@@ -104,7 +126,8 @@ def held_out_mae(model: JointRelearner, pairs: PairBatch, groups: np.ndarray, su
         rows = groups == group
         relearned = np.full(evidence.superpixels.count, np.nan)
         relearned[superpixel_ids[rows]] = scores[rows]
-        saliency = join_with_base(evidence.entry.image, evidence.base_map, evidence.superpixels, relearned,
-                                  evidence.pseudo_gt)
+        saliency = join_with_base(
+            evidence.entry.image, evidence.base_map, evidence.superpixels, relearned, evidence.pseudo_gt
+        )
         errors.append(np.abs(saliency - gt).mean())
     return float(np.mean(errors))

@@ -19,9 +19,14 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import (
+    Any,
+    Protocol,
+    TypeVar,
+)
 
 import numpy as np
 
@@ -34,7 +39,7 @@ class CachedRecord(Protocol):
     def to_arrays(self) -> dict[str, np.ndarray]: ...
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "CachedRecord": ...
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CachedRecord: ...
 
 
 Record = TypeVar("Record", bound=CachedRecord)
@@ -69,7 +74,7 @@ class StageTimes:
     cached: int = 0
     cached_seconds: float = 0.0
 
-    def add(self, other: "StageTimes") -> None:
+    def add(self, other: StageTimes) -> None:
         self.computed += other.computed
         self.computed_seconds += other.computed_seconds
         self.cached += other.cached
@@ -85,7 +90,7 @@ class Timings:
     def stage(self, name: str) -> StageTimes:
         return self.stages.setdefault(name, StageTimes())
 
-    def merge(self, other: "Timings") -> None:
+    def merge(self, other: Timings) -> None:
         for name, times in other.stages.items():
             self.stage(name).add(times)
 
@@ -103,8 +108,9 @@ class Timings:
 _collectors: contextvars.ContextVar[tuple[Timings, ...]] = contextvars.ContextVar("relearn_timings", default=())
 
 
-def _record(stage: str, computed: int = 0, computed_seconds: float = 0.0, cached: int = 0,
-            cached_seconds: float = 0.0) -> None:
+def _record(
+    stage: str, computed: int = 0, computed_seconds: float = 0.0, cached: int = 0, cached_seconds: float = 0.0
+) -> None:
     for timings in _collectors.get():
         times = timings.stage(stage)
         times.add(StageTimes(computed, computed_seconds, cached, cached_seconds))
@@ -137,8 +143,9 @@ class _Task:
 class Workspace:
     """Cache, device and executor of a run; see the module docstring."""
 
-    def __init__(self, cache: Cache | None = None, device: str = "cpu", executor=None,
-                 memory_items: int = MEMORY_ITEMS):
+    def __init__(
+        self, cache: Cache | None = None, device: str = "cpu", executor=None, memory_items: int = MEMORY_ITEMS
+    ):
         from .executors import local_executor
 
         self.cache = cache if cache is not None else Cache()
@@ -153,8 +160,12 @@ class Workspace:
     def __getstate__(self) -> dict:
         from . import plugins
 
-        return {"cache": self.cache, "device": self.device, "memory_items": self.memory_items,
-                "adapter_files": plugins.loaded_adapter_files()}
+        return {
+            "cache": self.cache,
+            "device": self.device,
+            "memory_items": self.memory_items,
+            "adapter_files": plugins.loaded_adapter_files(),
+        }
 
     def __setstate__(self, state: dict) -> None:
         from . import plugins
@@ -166,8 +177,14 @@ class Workspace:
 
     # --- running stages -------------------------------------------------------------------------------------------
 
-    def run(self, stage: Stage, inputs: Sequence[str], params: Mapping[str, Any], compute: Callable[[], Record],
-            record: type[Record]) -> Record:
+    def run(
+        self,
+        stage: Stage,
+        inputs: Sequence[str],
+        params: Mapping[str, Any],
+        compute: Callable[[], Record],
+        record: type[Record],
+    ) -> Record:
         """The record of ``stage`` for these input hashes and parameters: from memory or the cache, else computed
         (once, when several threads need it at the same time: the others wait for it)."""
         if not stage.stored:
@@ -196,8 +213,14 @@ class Workspace:
             self._remember(key, found)
         return found
 
-    def run_batch(self, stage: Stage, inputs: Sequence[Sequence[str]], params: Mapping[str, Any],
-                  compute: Callable[[list[int]], list], record: type[Record]) -> list:
+    def run_batch(
+        self,
+        stage: Stage,
+        inputs: Sequence[Sequence[str]],
+        params: Mapping[str, Any],
+        compute: Callable[[list[int]], list],
+        record: type[Record],
+    ) -> list:
         """The records of ``stage`` for several items (each a sequence of input hashes). ``compute(indices)`` returns
         the records of the items at those indices; the missing items are computed in one call, each timed at its
         share of it. An element of its answer that is not a ``record`` (a failure the caller understands) is returned
@@ -235,7 +258,7 @@ class Workspace:
 
     @contextmanager
     def timed(self, stage: str, items: int = 1):
-        """Time a block of work that is not cached (a search, a prediction), as ``items`` computed items of ``stage``."""
+        """Time a block of work that is not cached (a search, a prediction) as ``items`` computed items of ``stage``."""
         start = time.perf_counter()
         yield
         _record(stage, computed=items, computed_seconds=time.perf_counter() - start)

@@ -21,8 +21,9 @@ SHIFT = (14, 9)  # the neighbour is the target's window moved by this many pixel
 def align_pair(target_sp, neighbour_sp, target_pr, neighbour_pr, flow, cost, params=AlignParams()):
     """The alignment of one pair from its regions and flow, as the align stage computes it."""
     correspondence = superpixel_correspondence(target_sp, neighbour_sp, flow, cost)
-    return align_correspondence(correspondence, membership(target_pr, target_sp), membership(neighbour_pr, neighbour_sp),
-                                params)
+    return align_correspondence(
+        correspondence, membership(target_pr, target_sp), membership(neighbour_pr, neighbour_sp), params
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +151,9 @@ def test_proposal_dissimilarity_and_object_support_equal_their_definitions_on_ra
             inside = p_k & (matches >= 0) & q_l[np.maximum(matches, 0)]
             reached = np.zeros(t_count, bool)
             reached[matches[p_k & (matches >= 0)]] = True
-            expected = ((distances[inside].sum() + tau * (p_k.sum() - inside.sum())) / p_k.sum()
-                        + tau * (q_l & ~reached).sum() / q_l.sum())
+            expected = (distances[inside].sum() + tau * (p_k.sum() - inside.sum())) / p_k.sum() + tau * (
+                q_l & ~reached
+            ).sum() / q_l.sum()
             assert g[k, l] == pytest.approx(expected, rel=1e-12)
     kept = rng.random((12, 9)) < 0.3
     pairs = rng.random((s_count, t_count)) < 0.2

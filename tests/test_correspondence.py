@@ -20,7 +20,12 @@ from relearn_core.workspace import Workspace
 
 # small everything, so that a full run takes seconds: the stages are the real ones
 FAST = CorrespondenceParams(
-    neighbours=2, superpixels=60, edge_boxes=200, proposals=20, edge_method="sobel", flow_grid=48,
+    neighbours=2,
+    superpixels=60,
+    edge_boxes=200,
+    proposals=20,
+    edge_method="sobel",
+    flow_grid=48,
     flow=SiftFlowParams(working_size=48, levels=2, top_radius=3, radius=2, top_iterations=4, iterations=2),
 )
 
@@ -50,8 +55,9 @@ def test_tiny_grey_and_rgba_images(tmp_path):
 
 
 def pool_of(ws, entries):
-    return Pool(entries, {}, RetrievalIndex(descriptors_for(ws, entries), [e.hash for e in entries],
-                                            [e.name for e in entries]))
+    return Pool(
+        entries, {}, RetrievalIndex(descriptors_for(ws, entries), [e.hash for e in entries], [e.name for e in entries])
+    )
 
 
 def test_pool_skips_unreadable_tiny_and_duplicate_files(folders, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from relearn_core.evaluation import evaluate
 from relearn_core.cli import main
+from relearn_core.evaluation import evaluate
 from relearn_core.evaluation.evaluate import SCORE_KEYS, evaluate_folders
 
 STEMS = 6
@@ -42,8 +42,19 @@ def _grey(path):
 def test_eval_writes_summary_json_csv_and_curves(folders, tmp_path):
     pred, gt, stems = folders
     out = tmp_path / "out"
-    result = _run("--pred", pred, "--gt", gt, "--json", out / "s.json", "--per-image", out / "s.csv",
-                  "--curves", out / "s.npz", "--quiet")
+    result = _run(
+        "--pred",
+        pred,
+        "--gt",
+        gt,
+        "--json",
+        out / "s.json",
+        "--per-image",
+        out / "s.csv",
+        "--curves",
+        out / "s.npz",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "dataset-level" in result.stdout and "image-level" in result.stdout
     document = json.loads((out / "s.json").read_text())
@@ -94,9 +105,16 @@ def test_every_bad_input_gets_one_line_naming_its_file(folders, tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.stderr.strip().splitlines()
     expected = {
-        "orphan_map.png": "without a mask", "orphan_mask.png": "without a map", "corrupt.png": "cannot be read",
-        "nan_map.tif": "NaN", "constant.png": "constant", f"{b}.png": "--resize", f"{c}.png": "RGB mask",
-        f"{d}.png": "colour mask", f"{e}.png": "16-bit", f"{f}.png": "16-bit",
+        "orphan_map.png": "without a mask",
+        "orphan_mask.png": "without a map",
+        "corrupt.png": "cannot be read",
+        "nan_map.tif": "NaN",
+        "constant.png": "constant",
+        f"{b}.png": "--resize",
+        f"{c}.png": "RGB mask",
+        f"{d}.png": "colour mask",
+        f"{e}.png": "16-bit",
+        f"{f}.png": "16-bit",
     }
     for name, problem in expected.items():
         matching = [line for line in lines if name in line and problem in line]

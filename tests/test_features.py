@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from relearn_core import plugins
-from relearn_core.errors import RelearnError
 from relearn_core.correspondence.align import match_similarity
 from relearn_core.correspondence.regions import superpixels
+from relearn_core.errors import RelearnError
 from relearn_core.imageio import list_by_stem, read_image, read_mask
 from relearn_core.records import Alignment, ImageEvidence, PairCorrespondence, PseudoGT, SuperpixelFeatures
 from relearn_core.relearning.features import (
@@ -130,8 +130,9 @@ def test_features_of_a_batch_equal_features_one_at_a_time(crop):
 def _evidence(regions, descriptor):
     blank = np.zeros(regions.labels.shape, bool)
     shares = np.zeros(regions.count)
-    return ImageEvidence(None, blank.astype(np.float32), regions, PseudoGT(blank, blank), descriptor, shares, shares,
-                         shares)
+    return ImageEvidence(
+        None, blank.astype(np.float32), regions, PseudoGT(blank, blank), descriptor, shares, shares, shares
+    )
 
 
 def test_instance_pairs_hold_the_target_the_aligned_superpixel_and_g_most_trusted_first(crop):
@@ -142,27 +143,41 @@ def test_instance_pairs_hold_the_target_the_aligned_superpixel_and_g_most_truste
 
     def alignment(matches, distances, support):
         matches = np.array(matches)
-        return Alignment(matches, np.array(distances, float), np.array(support, float), np.zeros((0, 2), int),
-                         np.zeros(0), matches)
+        return Alignment(
+            matches, np.array(distances, float), np.array(support, float), np.zeros((0, 2), int), np.zeros(0), matches
+        )
 
     # superpixel 3 is matched in both neighbours, more trusted in the second; superpixel 7 in the first only
     first = alignment([[3, 10], [7, 2]], [2.0, 1.0], [0.5, 1.0])
     second = alignment([[3, 4]], [1.0], [1.0])
-    pairs = instance_pairs(target, neighbours, [PairCorrespondence(None, None, 0.0, a) for a in (first, second)],
-                           neighbour_count=3, alignment="bilevel")
+    pairs = instance_pairs(
+        target,
+        neighbours,
+        [PairCorrespondence(None, None, 0.0, a) for a in (first, second)],
+        neighbour_count=3,
+        alignment="bilevel",
+    )
     dim = values.values.shape[1]
     assert pairs.cf.shape == (regions.count, 3, 2 * dim + 1)
-    g_first, g_second = match_similarity(np.array([2.0, 1.0]), np.array([0.5, 1.0])), match_similarity(
-        np.array([1.0]), np.array([1.0]))
+    g_first, g_second = (
+        match_similarity(np.array([2.0, 1.0]), np.array([0.5, 1.0])),
+        match_similarity(np.array([1.0]), np.array([1.0])),
+    )
     assert g_second[0] > g_first[0]
     assert pairs.source[3].tolist() == [1, 0, -1] and pairs.aligned[3].tolist() == [4, 10, -1]
-    np.testing.assert_array_equal(pairs.cf[3, 0], np.concatenate([values.values[3], values.values[4] + 1,
-                                                                   [np.float32(g_second[0])]]))
-    np.testing.assert_array_equal(pairs.cf[3, 1, dim:2 * dim], values.values[::-1][10])
+    np.testing.assert_array_equal(
+        pairs.cf[3, 0], np.concatenate([values.values[3], values.values[4] + 1, [np.float32(g_second[0])]])
+    )
+    np.testing.assert_array_equal(pairs.cf[3, 1, dim : 2 * dim], values.values[::-1][10])
     assert pairs.valid[7].tolist() == [True, False, False] and not pairs.valid[0].any()
     assert not pairs.cf[0].any() and not pairs.cf[3, 2].any()  # missing pairs are zeros
-    flow_only = instance_pairs(target, neighbours, [PairCorrespondence(None, None, 0.0, a) for a in (first, second)],
-                               neighbour_count=3, alignment="flow")
+    flow_only = instance_pairs(
+        target,
+        neighbours,
+        [PairCorrespondence(None, None, 0.0, a) for a in (first, second)],
+        neighbour_count=3,
+        alignment="flow",
+    )
     assert flow_only.similarity[3].tolist() == [1.0, 1.0, 0.0]
 
 

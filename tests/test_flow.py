@@ -4,7 +4,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from flow_accuracy import flow_energy, warp_epe, warp_matrix, winner_take_all_flow
 
 from relearn_core.correspondence import flow

@@ -5,7 +5,12 @@ import shutil
 import subprocess
 import sys
 
-OPENCV_DISTRIBUTIONS = {"opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"}
+OPENCV_DISTRIBUTIONS = {
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+}
 
 
 def test_exactly_one_opencv_distribution_and_it_has_contrib():

@@ -90,8 +90,12 @@ def test_shapes_are_checked(rng):
 def test_with_nothing_to_learn_validation_keeps_the_base_prior(rng):
     """Targets unrelated to the features: the held-out images never favour a trained epoch over epoch 0 (the base)."""
     n = 800
-    pairs = PairBatch(rng.normal(size=(n, 5, 6)).astype(np.float32), np.ones((n, 5), np.float32),
-                      np.ones((n, 5), bool), np.where(rng.random(n) < 0.5, 2.0, -2.0).astype(np.float32))
+    pairs = PairBatch(
+        rng.normal(size=(n, 5, 6)).astype(np.float32),
+        np.ones((n, 5), np.float32),
+        np.ones((n, 5), bool),
+        np.where(rng.random(n) < 0.5, 2.0, -2.0).astype(np.float32),
+    )
     z = (pairs.prior > 0).astype(np.float32)  # the base is right on every superpixel
     config = JointConfig(hidden=(16, 8), epochs=5, batch_size=64, validation_share=0.25)
     held_out = split_groups(np.repeat(np.arange(20), n // 20), config.validation_share, config.seed)

@@ -21,7 +21,6 @@ from relearn_core.evaluation.metrics import (
     WeightedFmeasure,
 )
 
-
 SUBSET_STEP = 10  # every 10th SOD image: 30 per method keeps the PySODMetrics comparison to a few seconds
 
 
@@ -30,8 +29,11 @@ def _pysod_scores(pairs, normalize=True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PySODMetrics warns that Fmeasure is deprecated
         reference = {
-            "f": py_sod_metrics.Fmeasure(), "mae": py_sod_metrics.MAE(), "s": py_sod_metrics.Smeasure(),
-            "e": py_sod_metrics.Emeasure(), "wf": py_sod_metrics.WeightedFmeasure(),
+            "f": py_sod_metrics.Fmeasure(),
+            "mae": py_sod_metrics.MAE(),
+            "s": py_sod_metrics.Smeasure(),
+            "e": py_sod_metrics.Emeasure(),
+            "wf": py_sod_metrics.WeightedFmeasure(),
         }
         for pred, gt in pairs:
             for metric in reference.values():
@@ -39,19 +41,27 @@ def _pysod_scores(pairs, normalize=True):
         fm = reference["f"].get_results()["fm"]
         em = reference["e"].get_results()["em"]
     return {
-        "max_f_image": fm["curve"].max(), "mean_f_image": fm["curve"].mean(), "adp_f_image": fm["adp"],
-        "mae": reference["mae"].get_results()["mae"], "s_measure": reference["s"].get_results()["sm"],
-        "max_e": em["curve"].max(), "mean_e": em["curve"].mean(), "adp_e": em["adp"],
+        "max_f_image": fm["curve"].max(),
+        "mean_f_image": fm["curve"].mean(),
+        "adp_f_image": fm["adp"],
+        "mae": reference["mae"].get_results()["mae"],
+        "s_measure": reference["s"].get_results()["sm"],
+        "max_e": em["curve"].max(),
+        "mean_e": em["curve"].mean(),
+        "adp_e": em["adp"],
         "weighted_f": reference["wf"].get_results()["wfm"],
-        "f_curve": fm["curve"], "e_curve": em["curve"],
+        "f_curve": fm["curve"],
+        "e_curve": em["curve"],
     }
 
 
 def _sod_pairs(sod_dir, method):
     stems = sorted(path.stem for path in (sod_dir / "gt").glob("*.png"))[::SUBSET_STEP]
     return [
-        (cv2.imread(str(sod_dir / "maps" / method / f"{stem}.png"), cv2.IMREAD_GRAYSCALE),
-         cv2.imread(str(sod_dir / "gt" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE))
+        (
+            cv2.imread(str(sod_dir / "maps" / method / f"{stem}.png"), cv2.IMREAD_GRAYSCALE),
+            cv2.imread(str(sod_dir / "gt" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE),
+        )
         for stem in stems
     ]
 
@@ -71,8 +81,17 @@ def test_every_pysodmetrics_metric_agrees_on_sod_maps(sod_dir, method):
         ours.step(pred, gt)
     results = ours.results()
     reference = _pysod_scores(pairs)
-    for key in ("max_f_image", "mean_f_image", "adp_f_image", "mae", "s_measure", "max_e", "mean_e", "adp_e",
-                "weighted_f"):
+    for key in (
+        "max_f_image",
+        "mean_f_image",
+        "adp_f_image",
+        "mae",
+        "s_measure",
+        "max_e",
+        "mean_e",
+        "adp_e",
+        "weighted_f",
+    ):
         assert results[key] == pytest.approx(reference[key], abs=1e-4), key
     # PySODMetrics orders its curves from threshold 255 down to 0.
     np.testing.assert_allclose(results["f_curve_image"], reference["f_curve"][::-1], atol=1e-10)
@@ -143,7 +162,7 @@ def test_auc_of_one_image_is_the_rank_statistic_of_eq_11(sod_dir):
 
 def _square_mask(size=40, inner=(10, 30)):
     gt = np.zeros((size, size), dtype=bool)
-    gt[inner[0]:inner[1], inner[0]:inner[1]] = True
+    gt[inner[0] : inner[1], inner[0] : inner[1]] = True
     return gt
 
 

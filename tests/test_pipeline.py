@@ -1,4 +1,4 @@
-"""relearn train + wrap end to end on six downscaled SOD images with their DSS maps, and the bad inputs of issue 5 §8."""
+"""relearn train + wrap end to end on six downscaled SOD images with their DSS maps, on each executor, bad input."""
 
 import os
 import shutil
@@ -26,8 +26,15 @@ from relearn_core.workspace import Workspace
 
 STEMS = ("100075", "100080", "100098", "101085", "101087", "102061")
 SMALL = {  # tiny images: few superpixels and a coarse flow keep the test fast
-    "correspondence": {"neighbours": 3, "superpixels": 60, "edge_boxes": 100, "proposals": 20, "edge_method": "sobel",
-                       "flow_grid": 64, "flow": {"working_size": 64, "levels": 2, "top_iterations": 5, "iterations": 3}},
+    "correspondence": {
+        "neighbours": 3,
+        "superpixels": 60,
+        "edge_boxes": 100,
+        "proposals": 20,
+        "edge_method": "sobel",
+        "flow_grid": 64,
+        "flow": {"working_size": 64, "levels": 2, "top_iterations": 5, "iterations": 3},
+    },
     "filter": {"epochs": 5, "min_positives": 2},
     "joint": {"epochs": 5},
 }
@@ -53,8 +60,12 @@ def tiny(sod_dir, tmp_path_factory):
         scale = 96 / max(image.size)
         size = (round(image.size[0] * scale), round(image.size[1] * scale))
         image.resize(size, Image.BILINEAR).save(root / "images" / f"{stem}.png")
-        Image.open(sod_dir / "gt" / f"{stem}.png").convert("L").resize(size, Image.NEAREST).save(root / "gt" / f"{stem}.png")
-        Image.open(sod_dir / "maps" / "DSS" / f"{stem}.png").convert("L").resize(size, Image.BILINEAR).save(root / "maps" / f"{stem}.png")
+        Image.open(sod_dir / "gt" / f"{stem}.png").convert("L").resize(size, Image.NEAREST).save(
+            root / "gt" / f"{stem}.png"
+        )
+        Image.open(sod_dir / "maps" / "DSS" / f"{stem}.png").convert("L").resize(size, Image.BILINEAR).save(
+            root / "maps" / f"{stem}.png"
+        )
     return root
 
 
@@ -75,8 +86,14 @@ def labelled(folder: Path, gt: Path) -> tuple[list[Path], dict[Path, Path]]:
 
 def run_train(tiny, config, cache_dir, gt=None, executor=None) -> RunReport:
     images, masks = labelled(tiny, gt or tiny / "gt")
-    return train(images, masks, "dss", options={"maps": str(tiny / "maps")}, config=config,
-                 workspace=Workspace(Cache(cache_dir), executor=executor))
+    return train(
+        images,
+        masks,
+        "dss",
+        options={"maps": str(tiny / "maps")},
+        config=config,
+        workspace=Workspace(Cache(cache_dir), executor=executor),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,14 +104,21 @@ def trained(tiny, config, cache_dir, tmp_path_factory):
     return path, report
 
 
-def run_wrap(tiny, checkpoint, out, cache_dir, images=None, pools=(), maps=None, executor=None,
-             relearner=None) -> RunReport:
+def run_wrap(
+    tiny, checkpoint, out, cache_dir, images=None, pools=(), maps=None, executor=None, relearner=None
+) -> RunReport:
     """The API's wrap of ``images`` (default: all six), its maps written into ``out``."""
     relearner = relearner or load_checkpoint(checkpoint, "dss")
     images = images or sorted((tiny / "images").glob("*.png"))
-    return wrap(images, relearner, "dss", pools=pools, options={"maps": str(maps or tiny / "maps")},
-                workspace=Workspace(Cache(cache_dir), executor=executor),
-                write=lambda outcome: write_map(Path(out) / f"{outcome.entry.name}.png", outcome.saliency))
+    return wrap(
+        images,
+        relearner,
+        "dss",
+        pools=pools,
+        options={"maps": str(maps or tiny / "maps")},
+        workspace=Workspace(Cache(cache_dir), executor=executor),
+        write=lambda outcome: write_map(Path(out) / f"{outcome.entry.name}.png", outcome.saliency),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -141,8 +165,23 @@ def test_cli_wrap_resumes_and_skips_existing_maps(tiny, trained, wrapped, cache_
     (copy / f"{STEMS[2]}.png").unlink()
     kept = copy / f"{STEMS[0]}.png"
     os.utime(kept, (1, 1))
-    result = CliRunner().invoke(main, ["wrap", "--base", "dss", "--maps", str(tiny / "maps"), "--model", str(trained[0]),
-                                       "--images", str(tiny / "images"), "--out", str(copy), "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "wrap",
+            "--base",
+            "dss",
+            "--maps",
+            str(tiny / "maps"),
+            "--model",
+            str(trained[0]),
+            "--images",
+            str(tiny / "images"),
+            "--out",
+            str(copy),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 1 maps" in result.output and f"{len(STEMS) - 1} were already there" in result.output
     assert kept.stat().st_mtime == 1
@@ -168,16 +207,23 @@ def test_images_wrapped_side_by_side_give_the_same_maps(tiny, trained, wrapped, 
         report = run_wrap(tiny, trained[0], tmp_path / "out", tmp_path / "cache", executor=LocalExecutor(2))
         assert torch.get_num_threads() == 2
         lone = tiny / "images" / f"{STEMS[4]}.png"
-        run_wrap(tiny, trained[0], tmp_path / "lone", tmp_path / "cache2", images=[lone],
-                 pools=[sorted((tiny / "images").glob("*.png"))])
+        run_wrap(
+            tiny,
+            trained[0],
+            tmp_path / "lone",
+            tmp_path / "cache2",
+            images=[lone],
+            pools=[sorted((tiny / "images").glob("*.png"))],
+        )
     finally:
         torch.set_num_threads(1)
-    assert len({thread for thread, _ in seen[:len(STEMS)]}) == 2 and {threads for _, threads in seen} == {1}
+    assert len({thread for thread, _ in seen[: len(STEMS)]}) == 2 and {threads for _, threads in seen} == {1}
     assert sorted(report.written) == sorted(STEMS) and report.kept_base == wrapped[1].kept_base
     for stem in STEMS:
         np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(wrapped[0] / f"{stem}.png"))
-    np.testing.assert_array_equal(read_map(tmp_path / "lone" / f"{STEMS[4]}.png"),
-                                  read_map(wrapped[0] / f"{STEMS[4]}.png"))
+    np.testing.assert_array_equal(
+        read_map(tmp_path / "lone" / f"{STEMS[4]}.png"), read_map(wrapped[0] / f"{STEMS[4]}.png")
+    )
 
 
 def test_training_images_side_by_side_gives_the_same_re_learner(tiny, config, trained, tmp_path):
@@ -227,10 +273,14 @@ def test_an_image_with_no_usable_neighbour_keeps_its_base_map(tiny, trained, cac
     with pytest.warns(UserWarning, match="pool has only 0"):
         report = run_wrap(tiny, trained[0], tmp_path / "out", cache_dir, images=[tiny / "images" / f"{STEMS[0]}.png"])
     assert report.kept_base == [STEMS[0]]
-    np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{STEMS[0]}.png"), read_map(tiny / "maps" / f"{STEMS[0]}.png"))
+    np.testing.assert_array_equal(
+        read_map(tmp_path / "out" / f"{STEMS[0]}.png"), read_map(tiny / "maps" / f"{STEMS[0]}.png")
+    )
 
 
-def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(tiny, trained, wrapped, config, cache_dir, tmp_path):
+def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(
+    tiny, trained, wrapped, config, cache_dir, tmp_path
+):
     images = sorted((tiny / "images").glob("*.png"))
     report = run_wrap(tiny, trained[0], tmp_path / "out", cache_dir, pools=[images])
     assert sorted(report.written) == sorted(STEMS)
@@ -245,8 +295,22 @@ def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(tiny, train
 
 
 def test_output_folder_may_not_be_an_input_folder(tiny, trained):
-    result = CliRunner().invoke(main, ["wrap", "--base", "dss", "--maps", str(tiny / "maps"), "--model", str(trained[0]),
-                                       "--images", str(tiny / "images"), "--out", str(tiny / "images")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "wrap",
+            "--base",
+            "dss",
+            "--maps",
+            str(tiny / "maps"),
+            "--model",
+            str(trained[0]),
+            "--images",
+            str(tiny / "images"),
+            "--out",
+            str(tiny / "images"),
+        ],
+    )
     assert result.exit_code == 2 and "must not be an input folder" in result.output
 
 
@@ -260,18 +324,47 @@ def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
     result = runner.invoke(main, ["wrap", *common, "--images", str(tiny / "images"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "relearn train --base dss" in result.output
     model = tmp_path / "home" / "models" / "dss.pt"
-    result = runner.invoke(main, ["train", *common, "--images", str(tiny / "images"), "--gt", str(tiny / "gt"),
-                                  "--config", str(config_file), "--out", str(model), "-q"])
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            *common,
+            "--images",
+            str(tiny / "images"),
+            "--gt",
+            str(tiny / "gt"),
+            "--config",
+            str(config_file),
+            "--out",
+            str(model),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "held-out training images" in result.output
-    result = runner.invoke(main, ["wrap", *common, "--images", str(tiny / "images"), "--out", str(tmp_path / "o"), "-q"])
+    result = runner.invoke(
+        main, ["wrap", *common, "--images", str(tiny / "images"), "--out", str(tmp_path / "o"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert "held-out training images" in result.output
     assert sorted(p.stem for p in (tmp_path / "o").iterdir()) == sorted(STEMS)
     bad = tmp_path / "bad.yaml"
     bad.write_text("joint: {epoch: 3}\n")
-    result = runner.invoke(main, ["train", *common, "--images", str(tiny / "images"), "--gt", str(tiny / "gt"),
-                                  "--config", str(bad), "--out", str(tmp_path / "x.pt")])
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            *common,
+            "--images",
+            str(tiny / "images"),
+            "--gt",
+            str(tiny / "gt"),
+            "--config",
+            str(bad),
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert result.exit_code == 2 and "unknown configuration field joint.'epoch'" in result.output
 
 
@@ -297,8 +390,14 @@ def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_ima
         pairs = target_pairs(ws, entry, maps[entry.hash], pool, config)
         evidence = pairs.evidence
         rows = evidence.relearned(config.min_unsure) & pairs.valid.any(1)
-        parts.append(PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), pairs.valid[rows],
-                               prior_logit(evidence.base_mean[rows])))
+        parts.append(
+            PairBatch(
+                pairs.cf[rows],
+                pairs.similarity[rows].astype(np.float32),
+                pairs.valid[rows],
+                prior_logit(evidence.base_mean[rows]),
+            )
+        )
         groups.append(np.full(int(rows.sum()), len(images)))
         ids.append(np.flatnonzero(rows))
         images.append((evidence, read_mask(tiny / "gt" / f"{entry.name}.png")))
@@ -321,5 +420,32 @@ def test_a_re_learner_that_kept_the_base_writes_the_base_maps_and_computes_nothi
     report = run_wrap(tiny, None, tmp_path / "out", tmp_path / "cache", relearner=relearner)
     assert sorted(report.written) == sorted(report.kept_base) == sorted(STEMS)
     for stem in STEMS:
-        np.testing.assert_array_equal(read_map(tmp_path / "out" / f"{stem}.png"), read_map(tiny / "maps" / f"{stem}.png"))
+        np.testing.assert_array_equal(
+            read_map(tmp_path / "out" / f"{stem}.png"), read_map(tiny / "maps" / f"{stem}.png")
+        )
     assert not (tmp_path / "cache" / "flow").exists() and set(report.timings.stages) <= {"base"}
+
+
+@pytest.mark.parametrize("kind", ["processes", "ray"])
+def test_processes_and_a_two_worker_ray_give_the_same_re_learner_and_maps(
+    kind, tiny, config, trained, wrapped, tmp_path
+):
+    """The pool's preparation, the training images and the wrap spread over worker processes (a local Ray with two
+    workers): the same checkpoint weights and the same maps, byte for byte, as the threads of one process."""
+    from relearn_core.executors import make_executor
+
+    executor = make_executor(kind, 2)
+    try:
+        assert executor.kind == kind and executor.workers == 2
+        report = run_train(tiny, config, tmp_path / "cache", executor=executor)
+        run_wrap(tiny, None, tmp_path / "out", tmp_path / "cache", executor=executor, relearner=report.relearner)
+    finally:
+        executor.close()
+    reference = load_checkpoint(trained[0], "dss")
+    assert report.relearner.summary == reference.summary
+    for name, value in reference.joint.state_dict().items():
+        torch.testing.assert_close(report.relearner.joint.state_dict()[name], value, rtol=0, atol=0)
+    for stem in STEMS:
+        assert (tmp_path / "out" / f"{stem}.png").read_bytes() == (wrapped[0] / f"{stem}.png").read_bytes()
+    # the stage times of the work done in the workers reach the caller
+    assert report.timings.stages["flow"].computed > 0

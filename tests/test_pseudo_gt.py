@@ -90,7 +90,7 @@ def test_pseudo_gt_is_the_intersection_and_complement_of_union_of_the_two_crfs(s
 
 def test_crf_refine_gives_a_soft_map_that_follows_the_base_and_moves_it_toward_image_edges(samples):
     changed = 0.0
-    for image, base, gt in samples:
+    for image, base, _ in samples:
         refined = crf_refine(image, base)
         assert refined.shape == base.shape and refined.dtype == np.float32
         assert refined.min() >= 0.0 and refined.max() <= 1.0

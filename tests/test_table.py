@@ -21,10 +21,13 @@ def benchmark(sod_dir, tmp_path_factory):
     """Two datasets cut from SOD (disjoint images) and three methods; the YAML config uses relative paths."""
     tmp_path = tmp_path_factory.mktemp("benchmark")
     stems = sorted(path.stem for path in (sod_dir / "gt").glob("*.png"))
-    splits = {"SODa": stems[:PER_DATASET], "SODb": stems[PER_DATASET:2 * PER_DATASET]}
+    splits = {"SODa": stems[:PER_DATASET], "SODb": stems[PER_DATASET : 2 * PER_DATASET]}
     for dataset, chosen in splits.items():
-        for folder, source in (("gt", sod_dir / "gt"), ("DSS", sod_dir / "maps" / "DSS"),
-                               ("Amulet", sod_dir / "maps" / "Amulet")):
+        for folder, source in (
+            ("gt", sod_dir / "gt"),
+            ("DSS", sod_dir / "maps" / "DSS"),
+            ("Amulet", sod_dir / "maps" / "Amulet"),
+        ):
             (tmp_path / dataset / folder).mkdir(parents=True)
             for stem in chosen:
                 shutil.copy(source / f"{stem}.png", tmp_path / dataset / folder / f"{stem}.png")
@@ -54,8 +57,9 @@ def _eval_json(tmp_path, pred, gt, name):
 def table_run(benchmark):
     """`relearn table` run once on the benchmark: (CLI result, output folder)."""
     out = benchmark.parent / "out"
-    result = CliRunner().invoke(main, ["table", str(benchmark), "--out", str(out),
-                                       "--metrics", "max_f,mae,auc,s_measure", "--quiet"])
+    result = CliRunner().invoke(
+        main, ["table", str(benchmark), "--out", str(out), "--metrics", "max_f,mae,auc,s_measure", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     return result, out
 
@@ -91,8 +95,11 @@ def test_top_three_of_each_column_are_red_green_blue(table_run):
     _, out = table_run
     with open(out / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
-    tex_rows = [line for line in (out / "table.tex").read_text().splitlines() if line.split(" & ")[0] in
-                {"DSS", "Amulet", "Our(DSS)"}]
+    tex_rows = [
+        line
+        for line in (out / "table.tex").read_text().splitlines()
+        if line.split(" & ")[0] in {"DSS", "Amulet", "Our(DSS)"}
+    ]
     columns = [key for key in rows[0] if key != "method"]
     for index, column in enumerate(columns):
         values = {row["method"]: round(float(row[column]), 3) for row in rows if row[column]}

@@ -1,5 +1,6 @@
 """`relearn table` as the paper's comparison (issue 6): datasets with images/ and gt/, bases with their maps, Our(X) by
-k-fold re-learning, PySODEvalToolkit configs, published scores, reruns, and the bad inputs. Tiny downscaled SOD crops."""
+k-fold re-learning, PySODEvalToolkit configs, published scores, reruns, and the bad inputs. Tiny downscaled SOD
+crops."""
 
 import csv
 import json
@@ -20,9 +21,22 @@ from relearn_core.evaluation.table import load_config
 PER_DATASET = 6
 SIDE = 96
 CHEAP = {  # the cheapest settings the pipeline offers: one neighbour, a one-level coarse flow, few epochs
-    "correspondence": {"neighbours": 1, "superpixels": 40, "edge_boxes": 50, "proposals": 10, "edge_method": "sobel",
-                       "flow_grid": 48, "flow": {"working_size": 48, "levels": 1, "top_radius": 3, "top_iterations": 3,
-                                                 "iterations": 2, "subpixel": False}},
+    "correspondence": {
+        "neighbours": 1,
+        "superpixels": 40,
+        "edge_boxes": 50,
+        "proposals": 10,
+        "edge_method": "sobel",
+        "flow_grid": 48,
+        "flow": {
+            "working_size": 48,
+            "levels": 1,
+            "top_radius": 3,
+            "top_iterations": 3,
+            "iterations": 2,
+            "subpixel": False,
+        },
+    },
     "filter": {"epochs": 3, "min_positives": 2},
     "joint": {"epochs": 3, "neighbours": 1},
 }
@@ -44,7 +58,7 @@ def data(sod_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     stems = sorted(path.stem for path in (sod_dir / "gt").glob("*.png"))
     for index, name in enumerate(("SODa", "SODb")):
-        for stem in stems[index * PER_DATASET:(index + 1) * PER_DATASET]:
+        for stem in stems[index * PER_DATASET : (index + 1) * PER_DATASET]:
             size = _shrink(sod_dir / "images" / f"{stem}.jpg", root / name / "images" / f"{stem}.png", mode="RGB")
             _shrink(sod_dir / "gt" / f"{stem}.png", root / name / "gt" / f"{stem}.png", size, Image.NEAREST)
             for method in ("DSS", "Amulet") if name == "SODa" else ("DSS",):
@@ -58,8 +72,9 @@ def _write(path: Path, document) -> Path:
 
 
 def _table(config: Path, out: Path, *extra) -> tuple:
-    result = CliRunner().invoke(main, ["table", str(config), "--out", str(out), "--quiet", "--cache",
-                                       str(out.parent / "cache"), *extra])
+    result = CliRunner().invoke(
+        main, ["table", str(config), "--out", str(out), "--quiet", "--cache", str(out.parent / "cache"), *extra]
+    )
     assert result.exit_code == 0, result.output
     return result, out
 
@@ -71,8 +86,9 @@ def _rows(out: Path) -> dict:
 
 def _eval(pred: Path, gt: Path, tmp_path: Path, *extra) -> dict:
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(main, ["eval", "--pred", str(pred), "--gt", str(gt), "--json", str(out), "--quiet",
-                                       *extra])
+    result = CliRunner().invoke(
+        main, ["eval", "--pred", str(pred), "--gt", str(gt), "--json", str(out), "--quiet", *extra]
+    )
     assert result.exit_code == 0, result.output
     return json.loads(out.read_text())
 
@@ -84,12 +100,15 @@ BASES = {"DSS": {}, "Amulet": {}, "Mine": {"adapter": "maps", "maps": "{root}/ma
 def relearned(data, tmp_path_factory):
     """Two datasets, three bases (Amulet has no maps for SODb), Our(DSS) re-learned by 2-fold CV on SODa."""
     work = tmp_path_factory.mktemp("relearned")
-    config = _write(work / "table.yaml", {
-        "folders": {"data": str(data)},
-        "datasets": {"SODa": {"root": "{data}/SODa"}, "SODb": {"root": "{data}/SODb"}},
-        "bases": BASES,
-        "relearn": {"variants": ["DSS"], "train": "SODa", "folds": 2, "seed": 0, "config": CHEAP},
-    })
+    config = _write(
+        work / "table.yaml",
+        {
+            "folders": {"data": str(data)},
+            "datasets": {"SODa": {"root": "{data}/SODa"}, "SODb": {"root": "{data}/SODb"}},
+            "bases": BASES,
+            "relearn": {"variants": ["DSS"], "train": "SODa", "folds": 2, "seed": 0, "config": CHEAP},
+        },
+    )
     first = _table(config, work / "out", "--metrics", "max_f,mae,auc,s_measure")[0]
     second = _table(config, work / "out", "--metrics", "max_f,mae,auc,s_measure")[0]
     return config, work / "out", first, second
@@ -125,7 +144,9 @@ def test_kfold_no_image_is_scored_by_a_model_trained_on_it(data, relearned):
         summary = load_checkpoint(checkpoint, "dss").summary
         trained_on = {name for name, _ in summary["trained_on"]}
         assert trained_on == {i for i in ids if fold[i] != k} and summary["targets"] == len(trained_on)
-        held = {path.stem for path in next((out / "maps" / "SODa").glob("Our_DSS_-*")).glob("*.png") if fold[path.stem] == k}
+        held = {
+            path.stem for path in next((out / "maps" / "SODa").glob("Our_DSS_-*")).glob("*.png") if fold[path.stem] == k
+        }
         assert held and not held & trained_on
     # SODb is wrapped by the re-learner trained on all of SODa
     assert len(list((out / "checkpoints" / "DSS").glob("C6-*.pt"))) == 3
@@ -158,13 +179,18 @@ def test_latex_has_one_row_per_method_and_balanced_braces(relearned):
 def test_ablation_draws_the_six_components_of_fig_11(data, tmp_path):
     """A re-learner trained on SODa (outside the table) wraps SODb once per component C2..C6."""
     soda = data / "SODa"
-    config = _write(tmp_path / "t.yaml", {
-        "datasets": {"SODb": {"root": str(data / "SODb")}},
-        "bases": {"DSS": {}},
-        "relearn": {"train": {"images": str(soda / "images"), "gt": str(soda / "gt"),
-                              "maps": str(soda / "maps" / "DSS")}, "config": CHEAP},
-        "ablation": {"base": "DSS", "datasets": ["SODb"]},
-    })
+    config = _write(
+        tmp_path / "t.yaml",
+        {
+            "datasets": {"SODb": {"root": str(data / "SODb")}},
+            "bases": {"DSS": {}},
+            "relearn": {
+                "train": {"images": str(soda / "images"), "gt": str(soda / "gt"), "maps": str(soda / "maps" / "DSS")},
+                "config": CHEAP,
+            },
+            "ablation": {"base": "DSS", "datasets": ["SODb"]},
+        },
+    )
     result, out = _table(config, tmp_path / "out", "--ablation")
     assert "re-learners: 5 computed" in result.output and f"Our(X) maps: {5 * PER_DATASET} computed" in result.output
     rows = [line for line in (out / "ablation.md").read_text().splitlines() if line.startswith("| C")]
@@ -179,10 +205,13 @@ def test_wrong_size_maps_for_one_dataset_make_that_cell_an_error(data, tmp_path)
     wrong = tmp_path / "wrong"
     for path in (data / "SODb" / "maps" / "DSS").glob("*.png"):
         _shrink(path, wrong / path.name, (40, 30))
-    config = _write(tmp_path / "t.yaml", {
-        "datasets": {"SODa": {"root": str(data / "SODa")}, "SODb": {"root": str(data / "SODb")}},
-        "bases": {"DSS": {"maps": {"SODa": str(data / "SODa" / "maps" / "DSS"), "SODb": str(wrong)}}},
-    })
+    config = _write(
+        tmp_path / "t.yaml",
+        {
+            "datasets": {"SODa": {"root": str(data / "SODa")}, "SODb": {"root": str(data / "SODb")}},
+            "bases": {"DSS": {"maps": {"SODa": str(data / "SODa" / "maps" / "DSS"), "SODb": str(wrong)}}},
+        },
+    )
     result, out = _table(config, tmp_path / "out")
     rows = _rows(out)
     assert rows["DSS"]["SODb:max_f"] == "" and rows["DSS"]["SODa:max_f"] != ""
@@ -200,12 +229,26 @@ def test_pysodevaltoolkit_dataset_and_method_json_are_read_as_they_are(data, tmp
     for path in (data / "SODa" / "gt").glob("*.png"):
         shutil.copy(path, masks / f"{path.stem}_gt.png")
         shutil.copy(data / "SODa" / "maps" / "DSS" / path.name, maps / f"dss_{path.stem}.png")
-    (tmp_path / "datasets.json").write_text(json.dumps(
-        {"SODa": {"image": {"path": str(data / "SODa" / "images"), "suffix": ".png"},
-                  "mask": {"path": "masks", "suffix": "_gt.png"}}}))
-    (tmp_path / "methods.json").write_text(json.dumps(
-        {"DSS": {"SODa": {"path": "maps", "prefix": "dss_", "suffix": ".png"},
-                 "ECSSD": {"path": "elsewhere", "suffix": ".png"}}}))
+    (tmp_path / "datasets.json").write_text(
+        json.dumps(
+            {
+                "SODa": {
+                    "image": {"path": str(data / "SODa" / "images"), "suffix": ".png"},
+                    "mask": {"path": "masks", "suffix": "_gt.png"},
+                }
+            }
+        )
+    )
+    (tmp_path / "methods.json").write_text(
+        json.dumps(
+            {
+                "DSS": {
+                    "SODa": {"path": "maps", "prefix": "dss_", "suffix": ".png"},
+                    "ECSSD": {"path": "elsewhere", "suffix": ".png"},
+                }
+            }
+        )
+    )
     config = _write(tmp_path / "t.yaml", {"datasets": "datasets.json", "methods": "methods.json"})
     _, out = _table(config, tmp_path / "out")
     expected = _eval(data / "SODa" / "maps" / "DSS", data / "SODa" / "gt", tmp_path)
@@ -214,8 +257,9 @@ def test_pysodevaltoolkit_dataset_and_method_json_are_read_as_they_are(data, tmp
 
 
 def test_published_scores_are_printed_beside_the_measured_with_the_difference(data, tmp_path):
-    config = _write(tmp_path / "t.yaml", {"datasets": {"SOD": {"root": str(data / "SODa")}},
-                                          "bases": {"DSS": {}, "Amulet": {}}})
+    config = _write(
+        tmp_path / "t.yaml", {"datasets": {"SOD": {"root": str(data / "SODa")}}, "bases": {"DSS": {}, "Amulet": {}}}
+    )
     result, out = _table(config, tmp_path / "out")
     measured = float(_rows(out)["DSS"]["SOD:max_f"])
     line = next(line for line in result.output.splitlines() if line.startswith("DSS on SOD: published"))
@@ -253,9 +297,13 @@ def test_a_dataset_folder_without_gt_is_an_error_naming_the_line(data, tmp_path)
 
 
 def test_a_dataset_not_on_disk_is_reported_not_fatal(data, tmp_path):
-    config = _write(tmp_path / "t.yaml", {"datasets": {"SODa": {"root": str(data / "SODa")},
-                                                       "ECSSD": {"root": str(tmp_path / "ECSSD")}},
-                                          "bases": {"DSS": {}}})
+    config = _write(
+        tmp_path / "t.yaml",
+        {
+            "datasets": {"SODa": {"root": str(data / "SODa")}, "ECSSD": {"root": str(tmp_path / "ECSSD")}},
+            "bases": {"DSS": {}},
+        },
+    )
     result, out = _table(config, tmp_path / "out")
     assert str(tmp_path / "ECSSD" / "gt") in result.stderr
     rows = _rows(out)

@@ -48,7 +48,9 @@ def to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.cat([F.interpolate(item, size=(size, size), mode="bilinear", align_corners=False) for item in batch])
 
 
-def train(images: list[np.ndarray], masks: list[np.ndarray], steps: int = 150, size: int = 64, seed: int = 0) -> TinySalNet:
+def train(
+    images: list[np.ndarray], masks: list[np.ndarray], steps: int = 150, size: int = 64, seed: int = 0
+) -> TinySalNet:
     """Fit a TinySalNet on images with boolean object masks (binary cross-entropy, Adam)."""
     torch.manual_seed(seed)
     model = TinySalNet()
@@ -87,8 +89,6 @@ def relearn_adapters():
 
 @hookimpl
 def relearn_predict(adapter, images, names, options):
-    if adapter != NAME:
-        return None
     weights = Path(str(options.get("weights") or ""))
     if not weights.is_file():
         raise FileNotFoundError(

@@ -71,8 +71,9 @@ class SuperpixelCorrespondence:
         return np.stack([matched, self.counts[matched].argmax(1)], 1)
 
 
-def superpixel_correspondence(target: Superpixels, neighbour: Superpixels, flow: np.ndarray,
-                              cost: np.ndarray) -> SuperpixelCorrespondence:
+def superpixel_correspondence(
+    target: Superpixels, neighbour: Superpixels, flow: np.ndarray, cost: np.ndarray
+) -> SuperpixelCorrespondence:
     """Eq. (2) for all superpixel pairs at once.
 
     ``flow`` (h, w, 2) holds (dx, dy) in full-image pixels at the centres of an (h, w) grid over the target (the full
@@ -128,24 +129,35 @@ class _Memberships:
         return self.from_k
 
 
-def proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, target_members: np.ndarray,
-                           neighbour_members: np.ndarray, tau: float) -> np.ndarray:
+def proposal_dissimilarity(
+    matches: np.ndarray, distances: np.ndarray, target_members: np.ndarray, neighbour_members: np.ndarray, tau: float
+) -> np.ndarray:
     """Eq. (3) for all proposal pairs: g (V_t, V_n) given the superpixel matching ``matches`` (S,) (-1: unmatched)
     with distances (S,). Proposals with no superpixel get inf."""
     return _proposal_dissimilarity(matches, distances, _Memberships(target_members, neighbour_members), tau)
 
 
-def _proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, members: _Memberships,
-                            tau: float) -> np.ndarray:
+def _proposal_dissimilarity(
+    matches: np.ndarray, distances: np.ndarray, members: _Memberships, tau: float
+) -> np.ndarray:
     rows = np.flatnonzero(matches >= 0)
     cols = matches[rows]
     # restricted to the matched superpixels: P_k's matched S_i, each with its partner's neighbour proposals
     from_k = members.matched(rows)  # (V_t, M): P_k holds the matched S_i
     shape = (members.target.shape[0], members.neighbour.shape[0])
     joined, joined_cost, hit = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    _join_proposals(from_k.indptr, from_k.indices, cols, distances[rows], members.neighbour_t.indptr,
-                    members.neighbour_t.indices, np.full(members.neighbour.shape[1], -1, np.int64), joined,
-                    joined_cost, hit)
+    _join_proposals(
+        from_k.indptr,
+        from_k.indices,
+        cols,
+        distances[rows],
+        members.neighbour_t.indptr,
+        members.neighbour_t.indices,
+        np.full(members.neighbour.shape[1], -1, np.int64),
+        joined,
+        joined_cost,
+        hit,
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         forward = (joined_cost + tau * (members.size_t - joined)) / members.size_t
         backward = tau * (members.size_n - hit) / members.size_n
@@ -154,8 +166,9 @@ def _proposal_dissimilarity(matches: np.ndarray, distances: np.ndarray, members:
 
 
 @numba.njit(cache=True, nogil=True)
-def _join_proposals(from_starts, from_matches, cols, distances, into_starts, into_proposals, seen, joined, joined_cost,
-                    hit):
+def _join_proposals(
+    from_starts, from_matches, cols, distances, into_starts, into_proposals, seen, joined, joined_cost, hit
+):
     """For each target proposal P_k (rows of the CSR (V_t, M) ``from_*``) and neighbour proposal P_l (CSR (T, V_n)
     ``into_*``): joined, the number of P_k's matched superpixels whose partner is in P_l; joined_cost, the sum of
     their distances, added in the order of the matches (as a sparse product would); hit, the number of P_l's
@@ -183,8 +196,9 @@ def _top_k_mask(costs: np.ndarray, k: int) -> np.ndarray:
     return mask & np.isfinite(costs)
 
 
-def object_support(kept_proposals: np.ndarray, target_members: np.ndarray, neighbour_members: np.ndarray,
-                   pairs: np.ndarray) -> np.ndarray:
+def object_support(
+    kept_proposals: np.ndarray, target_members: np.ndarray, neighbour_members: np.ndarray, pairs: np.ndarray
+) -> np.ndarray:
     """(S, T), filled at the candidate ``pairs`` (bool (S, T)) only: share of the target proposals containing S_i
     whose kept neighbour proposals contain S_j; 1 where S_i lies in no proposal (no object-level evidence)."""
     i, j = np.nonzero(pairs)
@@ -228,8 +242,12 @@ def object_level_cost(matches: np.ndarray, distances: np.ndarray, target_members
     return np.where(containing > 0, averaged, own)
 
 
-def align_correspondence(correspondence: SuperpixelCorrespondence, target_members: np.ndarray,
-                         neighbour_members: np.ndarray, params: AlignParams = AlignParams()) -> Alignment:
+def align_correspondence(
+    correspondence: SuperpixelCorrespondence,
+    target_members: np.ndarray,
+    neighbour_members: np.ndarray,
+    params: AlignParams = AlignParams(),
+) -> Alignment:
     """Eq. (1) by alternating top-K alignments, from the per-superpixel-pair correspondence and memberships (and, for
     comparison, SIFT Flow's own matches)."""
     distances = correspondence.distances
@@ -296,9 +314,18 @@ class Regions:
         return membership(self.proposals, self.superpixels)
 
 
-def alignments_for(ws: Workspace, target: ImageEntry, target_regions: Regions, neighbours: list[ImageEntry],
-                   neighbour_regions: list[Regions], flows: list[FlowGrid], align_params: AlignParams,
-                   flow_params: SiftFlowParams, grid: int, region_key: dict) -> list[Alignment]:
+def alignments_for(
+    ws: Workspace,
+    target: ImageEntry,
+    target_regions: Regions,
+    neighbours: list[ImageEntry],
+    neighbour_regions: list[Regions],
+    flows: list[FlowGrid],
+    align_params: AlignParams,
+    flow_params: SiftFlowParams,
+    grid: int,
+    region_key: dict,
+) -> list[Alignment]:
     """The bi-level alignment of the target with each neighbour, cached. ``region_key`` holds the parameters that
     fixed the regions (superpixel and proposal counts, edge map): they fix the alignment too."""
     target_members = target_regions.members
@@ -306,10 +333,12 @@ def alignments_for(ws: Workspace, target: ImageEntry, target_regions: Regions, n
     def compute(indices: list[int]) -> list[Alignment]:
         found = []
         for i in indices:
-            correspondence = superpixel_correspondence(target_regions.superpixels, neighbour_regions[i].superpixels,
-                                                       flows[i].flow, flows[i].cost)
-            found.append(align_correspondence(correspondence, target_members, neighbour_regions[i].members,
-                                              align_params))
+            correspondence = superpixel_correspondence(
+                target_regions.superpixels, neighbour_regions[i].superpixels, flows[i].flow, flows[i].cost
+            )
+            found.append(
+                align_correspondence(correspondence, target_members, neighbour_regions[i].members, align_params)
+            )
         return found
 
     params = {**asdict(align_params), **region_key, **flow_key(flow_params, grid)}

@@ -133,8 +133,10 @@ def dense_sift(grey: torch.Tensor, cell_size: int = 4) -> torch.Tensor:
     cells = F.pad(cells, (reach, reach, reach, reach), mode="replicate")
     sigma = 2.0 * cell_size
     windows = [  # (Gaussian weight, the cell's rows and columns) of the 16 cells of a descriptor
-        (math.exp(-(ox * ox + oy * oy) / (2 * sigma * sigma)),
-         (slice(reach + oy, reach + oy + h), slice(reach + ox, reach + ox + w)))
+        (
+            math.exp(-(ox * ox + oy * oy) / (2 * sigma * sigma)),
+            (slice(reach + oy, reach + oy + h), slice(reach + ox, reach + ox + w)),
+        )
         for oy in offsets
         for ox in offsets
     ]
@@ -293,7 +295,9 @@ def _data_cost_torch(target, neighbour, centre, radius, truncation):
             if math.isinf(truncation):  # raw distances: a match off the image is measured at the nearest pixel
                 cost[row, column] = distance.view(n, h, w)
             else:
-                cost[row, column] = torch.where(inside[column], distance.view(n, h, w).clamp_max(truncation), truncation)
+                cost[row, column] = torch.where(
+                    inside[column], distance.view(n, h, w).clamp_max(truncation), truncation
+                )
     return cost
 
 
@@ -414,8 +418,9 @@ def _belief_propagation_torch(cost, centre, radius, params, sweeps):
         )
     like = lambda *shape: torch.empty(*shape, dtype=cost.dtype, device=cost.device)
     # messages into the border pixels from outside the image stay zero
-    incoming, previous = ([{side: torch.zeros_like(unaries[0]) for side, *_ in _SIDES} for _ in range(2)]
-                          for _ in range(2))
+    incoming, previous = (
+        [{side: torch.zeros_like(unaries[0]) for side, *_ in _SIDES} for _ in range(2)] for _ in range(2)
+    )
     senders = {"left": like(labels, n, h, w - 1), "up": like(labels, n, h - 1, w)}
     senders["right"], senders["down"] = senders["left"], senders["up"]
     steps = {"left": like(n, h, w - 1), "up": like(n, h - 1, w)}
@@ -438,8 +443,7 @@ def _belief_propagation_torch(cost, centre, radius, params, sweeps):
             came, edge = previous[layer], edges[layer]
             for side, opposite, sender, receiver in _SIDES:
                 h_sender = torch.sub(full[(..., *sender)], came[opposite][(..., *sender)], out=senders[side])
-                edge[side].send(h_sender, params.alpha, params.d, incoming[layer][side][(..., *receiver)],
-                                steps[side])
+                edge[side].send(h_sender, params.alpha, params.d, incoming[layer][side][(..., *receiver)], steps[side])
         for layer in (0, 1):
             into = incoming[layer]
             torch.add(into["left"], into["right"], out=totals[layer])
@@ -514,9 +518,24 @@ def _belief_propagation_kernel(cost, centre, unary_u, unary_v, alpha, d, sweeps,
                         if last <= first:
                             continue
                         out = incoming[layer, side]
-                        _send_chunk(data[layer], previous[layer, opposite], envelope, lowest, start, first,
-                                    last, alpha, d, offset, listed[layer, side], columns, deltas, b * h + top, w,
-                                    out)
+                        _send_chunk(
+                            data[layer],
+                            previous[layer, opposite],
+                            envelope,
+                            lowest,
+                            start,
+                            first,
+                            last,
+                            alpha,
+                            d,
+                            offset,
+                            listed[layer, side],
+                            columns,
+                            deltas,
+                            b * h + top,
+                            w,
+                            out,
+                        )
                         if side == 0:
                             for k in range(labels):
                                 for y in range(1, bottom - top):
@@ -571,8 +590,9 @@ _CHUNK_PIXELS = 1024  # pixels of a chunk of rows in _belief_propagation_kernel 
 
 
 @numba.njit(nogil=True, inline="always")
-def _send_chunk(full, came, envelope, lowest, start, first, last, alpha, d, offset, listed, columns, deltas,
-                row, w, out):
+def _send_chunk(
+    full, came, envelope, lowest, start, first, last, alpha, d, offset, listed, columns, deltas, row, w, out
+):
     """_Edges.send for the senders first..last - 1 of a chunk of rows starting at flat pixel ``start`` (row ``row``
     of the pairs' rows): h = full - came, with full (L, chunk) the chunk's beliefs and came (L, pixels) the messages
     the senders heard from their receivers; the message to the receiver ``offset`` pixels away goes to out
@@ -657,7 +677,9 @@ def _upsample_flow(flow: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(flow, size=shape, mode="bilinear", align_corners=False) * scale
 
 
-def solve_flow(target: torch.Tensor, neighbour: torch.Tensor, params: SiftFlowParams) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_flow(
+    target: torch.Tensor, neighbour: torch.Tensor, params: SiftFlowParams
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse-to-fine SIFT Flow between descriptor images (N, C, H, W).
 
     Returns the flow (N, 2, H, W) as (dx, dy) in working pixels (sub-pixel when ``params.subpixel``) and the
@@ -724,7 +746,9 @@ def sift_flow_batch(
     results: list[FlowField | None] = [None] * len(targets)
     with torch.no_grad():
         for members in groups.values():
-            desc_t, desc_n = pair_descriptors([targets[i] for i in members], [neighbours[i] for i in members], params, device)
+            desc_t, desc_n = pair_descriptors(
+                [targets[i] for i in members], [neighbours[i] for i in members], params, device
+            )
             flow, integer = solve_flow(desc_t, desc_n, params)
             distance = _data_cost(desc_t, desc_n, integer, 0, float("inf"))[0, 0]
             for slot, index in enumerate(members):
@@ -766,8 +790,13 @@ def sample_grid(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return values[ys, xs]
 
 
-def flows_for(ws: Workspace, target: ImageEntry, neighbours: list[ImageEntry], params: SiftFlowParams = SiftFlowParams(),
-              grid: int = FLOW_GRID) -> list[FlowGrid]:
+def flows_for(
+    ws: Workspace,
+    target: ImageEntry,
+    neighbours: list[ImageEntry],
+    params: SiftFlowParams = SiftFlowParams(),
+    grid: int = FLOW_GRID,
+) -> list[FlowGrid]:
     """SIFT Flow from the target to each neighbour on the target's grid of long side ``grid``, cached. Over that
     grid, Eq. (2)'s averages over a superpixel's pixels become averages over its grid samples (about a quarter of its
     pixels for 481x321 images): d changes by sampling noise only, the alignment costs four times less. The missing
@@ -775,12 +804,14 @@ def flows_for(ws: Workspace, target: ImageEntry, neighbours: list[ImageEntry], p
     shape = grid_shape(target.image.shape[:2], grid)
 
     def compute(indices: list[int]) -> list[FlowGrid]:
-        fields = sift_flow_batch([target.image] * len(indices), [neighbours[i].image for i in indices], params,
-                                 ws.device)
+        fields = sift_flow_batch(
+            [target.image] * len(indices), [neighbours[i].image for i in indices], params, ws.device
+        )
         return [FlowGrid(sample_grid(field.flow, shape), sample_grid(field.cost, shape)) for field in fields]
 
-    return ws.run_batch(FLOW_STAGE, [[target.hash, n.hash] for n in neighbours], flow_key(params, grid), compute,
-                        FlowGrid)
+    return ws.run_batch(
+        FLOW_STAGE, [[target.hash, n.hash] for n in neighbours], flow_key(params, grid), compute, FlowGrid
+    )
 
 
 def flow_key(params: SiftFlowParams, grid: int) -> dict:

@@ -84,7 +84,9 @@ def load_vgg16_features(path: str | Path | None = None) -> nn.Sequential:
         for conv, key in zip(_vgg_convs(features), _VGG_CONV_KEYS, strict=True):
             kernel, bias = _conv_from_h5(weights[key])
             if kernel.shape != conv.weight.shape:
-                raise RelearnError(f"{path}: layer {key} has shape {tuple(kernel.shape)}, expected {tuple(conv.weight.shape)}")
+                raise RelearnError(
+                    f"{path}: layer {key} has shape {tuple(kernel.shape)}, expected {tuple(conv.weight.shape)}"
+                )
             conv.weight.data.copy_(kernel)
             conv.bias.data.copy_(bias)
     # Keras pools with padding 'same': odd sizes keep their last row/column, which ceil_mode reproduces.
@@ -112,7 +114,7 @@ class HED(nn.Module):
         self.fuse = nn.Conv2d(5, 1, kernel_size=1)
 
     @classmethod
-    def from_weights(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "HED":
+    def from_weights(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> HED:
         import h5py
 
         path = _require_weights(path)

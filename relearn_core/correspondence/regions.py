@@ -64,7 +64,7 @@ def sobel_edges(image: np.ndarray) -> np.ndarray:
 
 
 def resolve_edge_method(method: str = "auto") -> str:
-    """"auto" -> "hed" when the HED weights are installed, else "sobel"; other names are checked and returned."""
+    """ "auto" -> "hed" when the HED weights are installed, else "sobel"; other names are checked and returned."""
     from .hed import hed_weights_path
 
     if method == "auto":
@@ -102,7 +102,9 @@ def thin_edges(edges: np.ndarray, orientation: np.ndarray) -> np.ndarray:
     step_x, step_y = np.cos(orientation), np.sin(orientation)
     thin = edges.copy()
     for sign in (1.0, -1.0):
-        beside = cv2.remap(edges, xs + sign * step_x, ys + sign * step_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        beside = cv2.remap(
+            edges, xs + sign * step_x, ys + sign * step_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         thin[edges < beside] = 0.0
     return thin
 
@@ -187,14 +189,21 @@ def proposals(
 
 def superpixels_for(ws: Workspace, entry: ImageEntry, count: int = SUPERPIXELS) -> Superpixels:
     """The image's SLIC superpixels, cached."""
-    return ws.run(SUPERPIXEL_STAGE, [entry.hash], {"count": count}, lambda: superpixels(entry.image, count),
-                  Superpixels)
+    return ws.run(
+        SUPERPIXEL_STAGE, [entry.hash], {"count": count}, lambda: superpixels(entry.image, count), Superpixels
+    )
 
 
-def proposals_for(ws: Workspace, entry: ImageEntry, count: int = PROPOSALS, candidates: int = EDGEBOXES,
-                  edge_method: str = "auto") -> Proposals:
+def proposals_for(
+    ws: Workspace, entry: ImageEntry, count: int = PROPOSALS, candidates: int = EDGEBOXES, edge_method: str = "auto"
+) -> Proposals:
     """The image's proposals, cached; the key names the edge map actually used, so installing HED later does not
     reuse Sobel-based entries."""
     params = {"count": count, "candidates": candidates, "edges": resolve_edge_method(edge_method)}
-    return ws.run(PROPOSAL_STAGE, [entry.hash], params,
-                  lambda: proposals(entry.image, count, candidates, edge_method, ws.device), Proposals)
+    return ws.run(
+        PROPOSAL_STAGE,
+        [entry.hash],
+        params,
+        lambda: proposals(entry.image, count, candidates, edge_method, ws.device),
+        Proposals,
+    )

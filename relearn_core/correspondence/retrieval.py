@@ -110,6 +110,7 @@ DESCRIPTOR_STAGE = Stage("descriptor", 1, keep_in_memory=True)
 
 def descriptors_for(ws: Workspace, entries: list[ImageEntry]) -> np.ndarray:
     """GIST + HOG descriptors (N, D) of the entries, cached; the missing ones are computed in one batch."""
+
     def compute(indices: list[int]) -> list[Descriptor]:
         return [Descriptor(row) for row in describe_images([entries[i].image for i in indices], ws.device)]
 
@@ -138,8 +139,14 @@ class RetrievalIndex:
     Pool entries with the same content hash are kept once (the first one).
     """
 
-    def __init__(self, descriptors: np.ndarray, hashes: list[str], names: list[str] | None = None,
-                 device="cpu", faiss_above: int = FAISS_ABOVE):
+    def __init__(
+        self,
+        descriptors: np.ndarray,
+        hashes: list[str],
+        names: list[str] | None = None,
+        device="cpu",
+        faiss_above: int = FAISS_ABOVE,
+    ):
         descriptors = np.asarray(descriptors, dtype=np.float32)
         names = list(names) if names is not None else list(hashes)
         if not (len(descriptors) == len(hashes) == len(names)):
@@ -189,6 +196,7 @@ class RetrievalIndex:
                 if len(found) == k:
                     break
         if len(found) < k:
-            warnings.warn(f"retrieval pool has only {len(found)} usable images for {k} neighbours; using those",
-                          stacklevel=2)
+            warnings.warn(
+                f"retrieval pool has only {len(found)} usable images for {k} neighbours; using those", stacklevel=2
+            )
         return found

@@ -23,32 +23,11 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask
-from .metrics import ImagePair, SaliencyMetrics, image_scores
+from .metrics import METRICS, SCORES, ImagePair, SaliencyMetrics, image_scores
 
-SCORE_KEYS = (
-    "max_f", "mean_f", "adp_f", "max_f_image", "mean_f_image", "adp_f_image",
-    "mae", "auc", "s_measure", "max_e", "mean_e", "adp_e", "weighted_f",
-)
-"""The dataset scores of a report, in the order they are printed and written."""
-
-DEFINITIONS = {
-    "max_f": "dataset-level (the paper, sal_eval_toolbox): maps divided by their maximum, precision and recall "
-             "averaged over images at 256 thresholds (>= k/255), F with beta^2=0.3 from the averages, maximum over "
-             "thresholds",
-    "mean_f": "dataset-level F curve as for max_f, mean over the 256 thresholds",
-    "adp_f": "per image F at threshold 2 x mean of the max-divided map (capped at 1), averaged over images",
-    "max_f_image": "image-level (PySODMetrics): min-max normalised maps, an F curve per image, curves averaged, "
-                   "maximum",
-    "mean_f_image": "image-level F curve as for max_f_image, mean over the 256 thresholds",
-    "adp_f_image": "per image F at threshold 2 x mean of the min-max normalised map, averaged over images",
-    "mae": "mean absolute error of the min-max normalised map, averaged over images",
-    "auc": "trapezoid area under the dataset-level mean ROC curve (256 thresholds, closed at (0,0) and (1,1))",
-    "s_measure": "structure measure (Fan et al. 2017), alpha=0.5",
-    "max_e": "enhanced-alignment measure (Fan et al. 2018), curve averaged over images, maximum",
-    "mean_e": "E-measure curve averaged over images, mean over thresholds",
-    "adp_e": "E-measure at threshold 2 x mean, averaged over images",
-    "weighted_f": "weighted F-measure (Margolin et al. 2014), beta^2=1",
-}
+SCORE_KEYS = tuple(SCORES)
+"""The dataset scores of a report, in the order they are printed and written (declared by the metrics)."""
+DEFINITIONS = {key: score.definition for key, score in SCORES.items()}
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 _GREY_MODES = ("1", "L")
@@ -146,15 +125,21 @@ def _measure_pair(metrics: SaliencyMetrics, map_path: Path, mask_path: Path, res
     warnings = [Problem(str(mask_path), mask_note)] if mask_note else []
     if saliency.shape != mask.shape:
         if not resize:
-            problem = (f"map is {_size(saliency)} but its mask {mask_path} is {_size(mask)} "
-                       "(pass --resize to resize maps to their masks)")
+            problem = (
+                f"map is {_size(saliency)} but its mask {mask_path} is {_size(mask)} "
+                "(pass --resize to resize maps to their masks)"
+            )
             return None, [Problem(str(map_path), problem)], warnings
         warnings.append(Problem(str(map_path), f"resized from {_size(saliency)} to the mask's {_size(mask)}"))
         saliency = np.clip(cv2.resize(saliency, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR), 0, 1)
     pair = ImagePair(saliency, mask)
     if pair.is_constant:
-        warnings.append(Problem(str(map_path), f"map is constant (every pixel {pair.pred_max:.4g}): it ranks no "
-                                               "pixel above another, scored as it is"))
+        warnings.append(
+            Problem(
+                str(map_path),
+                f"map is constant (every pixel {pair.pred_max:.4g}): it ranks no pixel above another, scored as it is",
+            )
+        )
     if pair.n_fg == 0:
         warnings.append(Problem(str(mask_path), "mask has no foreground pixel: recall and weighted F are 0 here"))
     return metrics.measure(pair), [], warnings
@@ -165,7 +150,7 @@ def _by_stem(folder, prefix: str, suffix: str) -> dict[str, Path]:
     found = list_by_stem(folder, suffix=suffix)
     if not prefix:
         return found
-    return {stem[len(prefix):]: path for stem, path in found.items() if stem.startswith(prefix) and stem != prefix}
+    return {stem[len(prefix) :]: path for stem, path in found.items() if stem.startswith(prefix) and stem != prefix}
 
 
 def default_workers() -> int:
@@ -205,10 +190,17 @@ def evaluate_folders(
     stems = [stem for stem in maps if stem in masks]
 
     metrics = SaliencyMetrics()
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, tqdm(
-        total=len(stems), desc="evaluating", unit="map", delay=_PROGRESS_DELAY_S, leave=False,
-        disable=None if progress else True,  # None: shown on a terminal only
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers or default_workers()) as pool,
+        tqdm(
+            total=len(stems),
+            desc="evaluating",
+            unit="map",
+            delay=_PROGRESS_DELAY_S,
+            leave=False,
+            disable=None if progress else True,  # None: shown on a terminal only
+        ) as bar,
+    ):
         results = pool.map(lambda stem: _measure_pair(metrics, maps[stem], masks[stem], resize), stems)
         for stem, (records, skipped, warnings) in zip(stems, results):
             report.skipped += skipped
@@ -267,7 +259,6 @@ def write_curves(report: EvalReport, path: str | os.PathLike) -> None:
 
 def format_summary(report: EvalReport) -> str:
     """A readable summary that says which definition each number uses."""
-    s = report.scores
     lines = [
         f"{report.count} maps in {report.pred_dir} scored against {report.gt_dir} "
         f"({len(report.skipped)} skipped, {len(report.unmatched_maps)} maps without mask, "
@@ -275,16 +266,12 @@ def format_summary(report: EvalReport) -> str:
     ]
     if not report.count:
         return lines[0]
-    lines += [
-        "F-measure, dataset-level (the paper's; sal_eval_toolbox): mean precision and recall over images "
-        "at 256 thresholds, then F (beta^2 = 0.3)",
-        f"  max F   {s['max_f']:.4f}    mean F  {s['mean_f']:.4f}    adaptive F  {s['adp_f']:.4f}",
-        "F-measure, image-level (PySODMetrics): an F curve per image, averaged",
-        f"  max F   {s['max_f_image']:.4f}    mean F  {s['mean_f_image']:.4f}    adaptive F  {s['adp_f_image']:.4f}",
-        f"MAE         {s['mae']:.4f}",
-        f"AUC         {s['auc']:.4f}   (area under the mean ROC curve)",
-        f"S-measure   {s['s_measure']:.4f}",
-        f"E-measure   max {s['max_e']:.4f}    mean {s['mean_e']:.4f}    adaptive {s['adp_e']:.4f}",
-        f"weighted F  {s['weighted_f']:.4f}",
-    ]
+    for metric in METRICS:  # as each metric declares itself: one line, or a heading and a line of its scores
+        if len(metric.SCORES) == 1:
+            lines.append(f"{metric.TITLE:<12}{report.scores[metric.SCORES[0].key]:.4f}")
+        else:
+            lines += [
+                metric.TITLE,
+                "  " + "    ".join(f"{score.label}  {report.scores[score.key]:.4f}" for score in metric.SCORES),
+            ]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ Curves are indexed by threshold in ascending order: entry ``k`` is the value for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import cv2
@@ -79,13 +80,13 @@ def _f_measure(precision, recall, beta2: float):
     return numerator / np.where(numerator == 0, 1, denominator)
 
 
-def _adaptive_counts(pair: "ImagePair", values: np.ndarray) -> tuple[float, float]:
+def _adaptive_counts(pair: ImagePair, values: np.ndarray) -> tuple[float, float]:
     """(true positives, false positives) of the map binarised at twice its mean value (Achanta et al.), capped at 1."""
     threshold = min(2.0 * pair.pixel_sum(values) / pair.size, 1.0)
     return pair.counts_at_or_above(values, threshold)
 
 
-def _adaptive_f(pair: "ImagePair", values: np.ndarray, beta2: float) -> float:
+def _adaptive_f(pair: ImagePair, values: np.ndarray, beta2: float) -> float:
     """F of the map binarised at the adaptive threshold; 0 when it hits no foreground pixel."""
     hits, false_hits = _adaptive_counts(pair, values)
     if hits == 0:
@@ -241,8 +242,25 @@ def _eight_bit_levels(pred: np.ndarray) -> np.ndarray | None:
     return levels.astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class Score:
+    """One number a metric reports: its key (in ``relearn eval --json``, table configs), its label (table columns),
+    what it means, and which way is better."""
+
+    key: str
+    label: str
+    definition: str
+    lower_is_better: bool = False
+
+
 class _Metric:
-    """Per-image records accumulated by ``step``; ``measure`` is pure, so pairs can be measured in parallel."""
+    """Per-image records accumulated by ``step``; ``measure`` is pure, so pairs can be measured in parallel.
+
+    A metric declares its ``TITLE`` (its heading in ``relearn eval``'s summary) and its ``SCORES``; adding a metric is
+    one class here, listed in :data:`METRICS`."""
+
+    TITLE = ""
+    SCORES: tuple[Score, ...] = ()
 
     def __init__(self):
         self._records: list[dict] = []
@@ -283,6 +301,31 @@ class DatasetPR(_Metric):
     mean ROC curve, closed at (0, 0) and (1, 1)), and the curves ``precision``, ``recall``, ``f_curve``, ``tpr``,
     ``fpr`` over :data:`THRESHOLDS`.
     """
+
+    TITLE = (
+        "F-measure, dataset-level (the paper's; sal_eval_toolbox): mean precision and recall over images at 256 "
+        "thresholds, then F (beta^2 = 0.3)"
+    )
+    SCORES = (
+        Score(
+            "max_f",
+            "max F",
+            "dataset-level (the paper, sal_eval_toolbox): maps divided by their maximum, precision "
+            "and recall averaged over images at 256 thresholds (>= k/255), F with beta^2=0.3 from the averages, "
+            "maximum over thresholds",
+        ),
+        Score("mean_f", "mean F", "dataset-level F curve as for max_f, mean over the 256 thresholds"),
+        Score(
+            "adp_f",
+            "adp F",
+            "per image F at threshold 2 x mean of the max-divided map (capped at 1), averaged over images",
+        ),
+        Score(
+            "auc",
+            "AUC",
+            "trapezoid area under the dataset-level mean ROC curve (256 thresholds, closed at (0,0) and (1,1))",
+        ),
+    )
 
     def __init__(self, beta2: float = BETA2):
         super().__init__()
@@ -329,6 +372,21 @@ class ImageFmeasure(_Metric):
     Per image: ``max_f_image`` (the image's own curve maximum) and ``adp_f_image``.
     """
 
+    TITLE = "F-measure, image-level (PySODMetrics): an F curve per image, averaged"
+    SCORES = (
+        Score(
+            "max_f_image",
+            "max F (img)",
+            "image-level (PySODMetrics): min-max normalised maps, an F curve per image, curves averaged, maximum",
+        ),
+        Score("mean_f_image", "mean F (img)", "image-level F curve as for max_f_image, mean over the 256 thresholds"),
+        Score(
+            "adp_f_image",
+            "adp F (img)",
+            "per image F at threshold 2 x mean of the min-max normalised map, averaged over images",
+        ),
+    )
+
     def __init__(self, beta2: float = BETA2):
         super().__init__()
         self.beta2 = beta2
@@ -362,6 +420,16 @@ class ImageFmeasure(_Metric):
 class MAE(_Metric):
     """Mean absolute error between the min-max normalised map and the binary mask (the paper's Eq. 10)."""
 
+    TITLE = "MAE"
+    SCORES = (
+        Score(
+            "mae",
+            "MAE",
+            "mean absolute error of the min-max normalised map, averaged over images",
+            lower_is_better=True,
+        ),
+    )
+
     def measure(self, pair: ImagePair) -> dict:
         values = pair.normalised_values
         return {"mae": (pair.pixel_sum(1.0 - values, "fg") + pair.pixel_sum(values, "bg")) / pair.size}
@@ -372,6 +440,9 @@ class MAE(_Metric):
 
 class Smeasure(_Metric):
     """Structure measure (Fan et al., ICCV 2017): object- and region-aware structural similarity, weight ``alpha``."""
+
+    TITLE = "S-measure"
+    SCORES = (Score("s_measure", "S", "structure measure (Fan et al. 2017), alpha=0.5"),)
 
     def __init__(self, alpha: float = 0.5):
         super().__init__()
@@ -401,10 +472,9 @@ class Smeasure(_Metric):
         fg_total, fg_squares = pair.pixel_sum(values, "fg"), pair.pixel_sum(values * values, "fg")
         bg_total, bg_squares = pair.pixel_sum(inverse, "bg"), pair.pixel_sum(inverse * inverse, "bg")
         fg_fraction = n_fg / pair.size
-        return (
-            self._object_similarity(fg_total, fg_squares, n_fg) * fg_fraction
-            + self._object_similarity(bg_total, bg_squares, n_bg) * (1 - fg_fraction)
-        )
+        return self._object_similarity(fg_total, fg_squares, n_fg) * fg_fraction + self._object_similarity(
+            bg_total, bg_squares, n_bg
+        ) * (1 - fg_fraction)
 
     @staticmethod
     def _ssim(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -431,8 +501,12 @@ class Smeasure(_Metric):
         gt = gt.astype(np.float64)
         area = height * width
         score = 0.0
-        for rows, cols in ((slice(0, row), slice(0, col)), (slice(0, row), slice(col, width)),
-                           (slice(row, height), slice(0, col)), (slice(row, height), slice(col, width))):
+        for rows, cols in (
+            (slice(0, row), slice(0, col)),
+            (slice(0, row), slice(col, width)),
+            (slice(row, height), slice(0, col)),
+            (slice(row, height), slice(col, width)),
+        ):
             block = pred[rows, cols]
             if block.size:
                 score += self._ssim(block, gt[rows, cols]) * (block.size / area)
@@ -447,6 +521,13 @@ class Emeasure(_Metric):
 
     results(): ``max_e``, ``mean_e`` (of the mean curve), ``adp_e`` (threshold twice the map's mean), ``e_curve``.
     """
+
+    TITLE = "E-measure"
+    SCORES = (
+        Score("max_e", "max E", "enhanced-alignment measure (Fan et al. 2018), curve averaged over images, maximum"),
+        Score("mean_e", "mean E", "E-measure curve averaged over images, mean over thresholds"),
+        Score("adp_e", "adp E", "E-measure at threshold 2 x mean, averaged over images"),
+    )
 
     def measure(self, pair: ImagePair) -> dict:
         tp, fp = pair.quantised_counts
@@ -471,6 +552,9 @@ class Emeasure(_Metric):
 class WeightedFmeasure(_Metric):
     """Weighted F-measure (Margolin et al., CVPR 2014), ``beta2`` = 1 as in the original code; 0 for an empty mask."""
 
+    TITLE = "weighted F"
+    SCORES = (Score("weighted_f", "wF", "weighted F-measure (Margolin et al. 2014), beta^2=1"),)
+
     def __init__(self, beta2: float = 1.0):
         super().__init__()
         self.beta2 = beta2
@@ -493,8 +577,9 @@ class WeightedFmeasure(_Metric):
         error_crop = error[top:bottom, left:right]
         nearest = distance_transform_edt(~gt_crop, return_distances=False, return_indices=True)
         error_at_nearest = error_crop[nearest[0], nearest[1]]
-        smoothed = cv2.sepFilter2D(error_at_nearest, cv2.CV_64F, _WFM_KERNEL, _WFM_KERNEL,
-                                   borderType=cv2.BORDER_CONSTANT)
+        smoothed = cv2.sepFilter2D(
+            error_at_nearest, cv2.CV_64F, _WFM_KERNEL, _WFM_KERNEL, borderType=cv2.BORDER_CONSTANT
+        )
         fg_error = float(np.where(gt_crop, np.minimum(error_crop, smoothed), 0.0).sum())
         # Pixel importance: background errors weigh more the further they are from the object. The weight is 1 on the
         # foreground (distance 0), so weighting the whole error map and taking away the foreground's own (unsmoothed)
@@ -512,6 +597,12 @@ class WeightedFmeasure(_Metric):
         return {"weighted_f": float(self._stack("weighted_f").mean())}
 
 
+METRICS: tuple[type[_Metric], ...] = (DatasetPR, ImageFmeasure, MAE, Smeasure, Emeasure, WeightedFmeasure)
+"""Every metric :class:`SaliencyMetrics` runs, in the order ``relearn eval`` reports them."""
+SCORES: dict[str, Score] = {score.key: score for metric in METRICS for score in metric.SCORES}
+"""Every score by key, in report order."""
+
+
 def _curve_free(record: dict) -> dict:
     return {key: value for key, value in record.items() if np.ndim(value) == 0}
 
@@ -519,20 +610,11 @@ def _curve_free(record: dict) -> dict:
 class SaliencyMetrics:
     """All the metrics over one shared :class:`ImagePair` per image (what ``relearn eval`` reports).
 
-    results(): the scalar scores (``max_f``, ``mean_f``, ``adp_f``, ``max_f_image``, ``mean_f_image``, ``adp_f_image``,
-    ``mae``, ``auc``, ``s_measure``, ``max_e``, ``mean_e``, ``adp_e``, ``weighted_f``) and the curves, via
-    :meth:`scores` and :meth:`curves`.
+    results(): every score of :data:`SCORES` and the curves; :meth:`scores`: the scores alone.
     """
 
-    def __init__(self, beta2: float = BETA2):
-        self.parts: dict[str, _Metric] = {
-            "pr": DatasetPR(beta2),
-            "f_image": ImageFmeasure(beta2),
-            "mae": MAE(),
-            "s": Smeasure(),
-            "e": Emeasure(),
-            "wf": WeightedFmeasure(),
-        }
+    def __init__(self):
+        self.parts: dict[str, _Metric] = {metric.__name__: metric() for metric in METRICS}
 
     def measure(self, pair: ImagePair) -> dict[str, dict]:
         """Every metric's record for one pair (pure: safe to call from several threads)."""
@@ -549,7 +631,7 @@ class SaliencyMetrics:
         return image_scores(records)
 
     def __len__(self) -> int:
-        return len(self.parts["mae"])
+        return len(next(iter(self.parts.values())))
 
     def results(self) -> dict:
         merged: dict = {}

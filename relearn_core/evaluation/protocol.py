@@ -3,8 +3,9 @@ id, and the components of the paper's Fig. 11 ablation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -29,10 +30,18 @@ class Component:
 
 FULL = "C6"
 COMPONENTS = (
-    Component("C2", {"alignment": "flow", "use_filter": False}, False,
-              "joint re-learning without the pair filter (every aligned pair kept), SIFT Flow matches, no extra pool"),
-    Component("C3", {"alignment": "flow", "joint": {"neighbours": 1}}, False,
-              "with the filter, one classifier (M = 1, the most trusted neighbour)"),
+    Component(
+        "C2",
+        {"alignment": "flow", "use_filter": False},
+        False,
+        "joint re-learning without the pair filter (every aligned pair kept), SIFT Flow matches, no extra pool",
+    ),
+    Component(
+        "C3",
+        {"alignment": "flow", "joint": {"neighbours": 1}},
+        False,
+        "with the filter, one classifier (M = 1, the most trusted neighbour)",
+    ),
     Component("C4", {"alignment": "flow"}, False, "with the filter, M = 5 classifiers and the joint classifier"),
     Component("C5", {"alignment": "flow"}, True, "C4 with the pool enlarged by the extra pool images (pseudo-GT only)"),
     Component(FULL, {}, True, "C5 with the bi-level top-K alignment of Eq. (1): the full method, Our(X)"),

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tqdm import tqdm
 
@@ -57,8 +58,10 @@ class StageCounts:
     failed: int = 0
 
     def line(self, stage: str) -> str:
-        return (f"{stage}: {self.computed} computed, {self.reused} reused, {self.skipped} skipped, "
-                f"{self.failed} failed ({self.unit})")
+        return (
+            f"{stage}: {self.computed} computed, {self.reused} reused, {self.skipped} skipped, "
+            f"{self.failed} failed ({self.unit})"
+        )
 
 
 @dataclass
@@ -75,7 +78,9 @@ class Preparation:
 def _merged(base: Mapping, extra: Mapping) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
     return out
 
 
@@ -101,12 +106,20 @@ class Relearning:
             return None if path is None else str(Path(path).resolve())
 
         document = {
-            "adapter": self.base.adapter, "options": dict(self.base.options), "component": self.component,
+            "adapter": self.base.adapter,
+            "options": dict(self.base.options),
+            "component": self.component,
             "maps": {dataset: where(folder) for dataset, folder in self.base.maps.items()},
-            "train": spec.train, "images": where(spec.train_images), "gt": where(spec.train_gt),
-            "train_maps": where(spec.train_maps), "folds": spec.folds,
-            "seed": spec.seed, "pool": [where(p) for p in spec.pool] if self.with_pool else [],
-            "config": RelearnConfig().with_overrides(self.overrides).to_dict(), "checkpoint": where(spec.checkpoint), "version": __version__.split(".")[:2],
+            "train": spec.train,
+            "images": where(spec.train_images),
+            "gt": where(spec.train_gt),
+            "train_maps": where(spec.train_maps),
+            "folds": spec.folds,
+            "seed": spec.seed,
+            "pool": [where(p) for p in spec.pool] if self.with_pool else [],
+            "config": RelearnConfig().with_overrides(self.overrides).to_dict(),
+            "checkpoint": where(spec.checkpoint),
+            "version": __version__.split(".")[:2],
         }
         return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -123,7 +136,14 @@ class Relearning:
     def maps_dir(self, out: Path, dataset: str) -> Path:
         if self.component == FULL:
             return out / "maps" / _file_name(dataset) / f"{_file_name(our_name(self.base.name))}-{self.key}"
-        return out / "maps" / _file_name(dataset) / "ablation" / _file_name(self.base.name) / f"{self.component}-{self.key}"
+        return (
+            out
+            / "maps"
+            / _file_name(dataset)
+            / "ablation"
+            / _file_name(self.base.name)
+            / f"{self.component}-{self.key}"
+        )
 
     @property
     def method(self) -> str:
@@ -131,8 +151,16 @@ class Relearning:
 
 
 def relearnings(base: BaseSpec, components=(FULL,)) -> list[Relearning]:
-    return [Relearning(base, name, base.relearn, _merged(base.relearn.overrides, component(name).overrides),
-                       component(name).extra_pool) for name in components]
+    return [
+        Relearning(
+            base,
+            name,
+            base.relearn,
+            _merged(base.relearn.overrides, component(name).overrides),
+            component(name).extra_pool,
+        )
+        for name in components
+    ]
 
 
 @dataclass(frozen=True)
@@ -145,7 +173,9 @@ class DatasetFiles:
 def dataset_files(dataset: DatasetSpec) -> DatasetFiles:
     images = list_by_stem(dataset.images)
     masks = list_by_stem(dataset.gt, suffix=dataset.mask_suffix)
-    masks = {stem[len(dataset.mask_prefix):]: path for stem, path in masks.items() if stem.startswith(dataset.mask_prefix)}
+    masks = {
+        stem[len(dataset.mask_prefix) :]: path for stem, path in masks.items() if stem.startswith(dataset.mask_prefix)
+    }
     return DatasetFiles(images, masks, sorted(set(images) & set(masks)))
 
 
@@ -192,9 +222,15 @@ class TrainUnit:
         from ..config import RelearnConfig
 
         try:
-            report = train(self.images, dict(self.masks), settings.adapter(self.adapter, self.options),
-                           pools=self.pools, options=dict(self.options),
-                           config=RelearnConfig().with_overrides(self.overrides), workspace=settings.workspace())
+            report = train(
+                self.images,
+                dict(self.masks),
+                settings.adapter(self.adapter, self.options),
+                pools=self.pools,
+                options=dict(self.options),
+                config=RelearnConfig().with_overrides(self.overrides),
+                workspace=settings.workspace(),
+            )
             save_checkpoint(report.relearner, self.checkpoint)
         except RelearnError as exc:
             return {"error": str(exc)}
@@ -229,12 +265,23 @@ class WrapUnit:
         try:
             adapter = settings.adapter(self.adapter, self.options)
             relearner = load_checkpoint(self.checkpoint, adapter.name, settings.device)
-            report = wrap(self.images, relearner, adapter, pools=self.pools, options=dict(self.options),
-                          workspace=settings.workspace(), progress=advance, write=write)
+            report = wrap(
+                self.images,
+                relearner,
+                adapter,
+                pools=self.pools,
+                options=dict(self.options),
+                workspace=settings.workspace(),
+                progress=advance,
+                write=write,
+            )
         except RelearnError as exc:
             return {"error": str(exc)}
-        return {"written": len(report.written), "kept_base": len(report.kept_base),
-                "base_failures": [str(failure) for failure in report.base_failures]}
+        return {
+            "written": len(report.written),
+            "kept_base": len(report.kept_base),
+            "base_failures": [str(failure) for failure in report.base_failures],
+        }
 
 
 def _run_unit(settings: RunSettings, unit) -> dict:
@@ -264,8 +311,16 @@ def _run_units(executor, settings: RunSettings, units: list, bar: tqdm) -> list[
 
 
 class _Planner:
-    def __init__(self, config: TableConfig, out: Path, jobs: int, cache: str | None, progress: bool,
-                 ablation: AblationSpec | None, executor: str | None):
+    def __init__(
+        self,
+        config: TableConfig,
+        out: Path,
+        jobs: int,
+        cache: str | None,
+        progress: bool,
+        ablation: AblationSpec | None,
+        executor: str | None,
+    ):
         from ..base import resolve_device
 
         self.config = config
@@ -296,8 +351,10 @@ class _Planner:
 
     def files(self, dataset: DatasetSpec) -> DatasetFiles:
         if dataset.images is None or not dataset.images.is_dir():
-            raise InputError(dataset.images or dataset.gt.parent, f"images of {dataset.name} not found "
-                                                                  "(needed to run a base or re-learn)")
+            raise InputError(
+                dataset.images or dataset.gt.parent,
+                f"images of {dataset.name} not found (needed to run a base or re-learn)",
+            )
         return dataset_files(dataset)
 
     # computed base maps ------------------------------------------------------------------------------------------
@@ -330,8 +387,9 @@ class _Planner:
             for base, dataset, folder, missing in todo:
                 failures = []
                 adapter = self.settings.adapter(base.adapter, base.options)
-                for path, outcome in predict(missing, adapter, options=dict(base.options),
-                                             workspace=self.settings.workspace()):
+                for path, outcome in predict(
+                    missing, adapter, options=dict(base.options), workspace=self.settings.workspace()
+                ):
                     if isinstance(outcome, BaseMapFailure):
                         failures.append(str(outcome))
                         counts.failed += 1
@@ -340,8 +398,9 @@ class _Planner:
                         counts.computed += 1
                     bar.update(1)
                 if failures:
-                    self.prep.warnings.append(f"{base.name} on {dataset.name}: the base failed on {len(failures)} "
-                                              f"images, e.g. {failures[0]}")
+                    self.prep.warnings.append(
+                        f"{base.name} on {dataset.name}: the base failed on {len(failures)} images, e.g. {failures[0]}"
+                    )
                     if len(failures) == len(missing) and not folder.is_dir():
                         self.prep.errors[(base.name, dataset.name)] = failures[0]
 
@@ -397,9 +456,11 @@ class _Planner:
             else:
                 train_counts.computed += 1
                 if result["base_failures"]:
-                    self.prep.warnings.append(f"training {unit.owner}: the base failed on "
-                                              f"{len(result['base_failures'])} images (left out), e.g. "
-                                              f"{result['base_failures'][0]}")
+                    self.prep.warnings.append(
+                        f"training {unit.owner}: the base failed on "
+                        f"{len(result['base_failures'])} images (left out), e.g. "
+                        f"{result['base_failures'][0]}"
+                    )
         wrap_units, wrap_owner = [], []
         for variant, dataset, unit in wrap_plan:
             if unit.checkpoint in failed_checkpoints or not unit.checkpoint.is_file():
@@ -419,14 +480,21 @@ class _Planner:
                 continue
             wrap_counts.computed += result["written"]
             if result["base_failures"]:  # targets without a map show in the table's warnings; pool images here
-                self.prep.warnings.append(f"{variant.method} on {dataset}: the base failed on "
-                                          f"{len(result['base_failures'])} images, e.g. {result['base_failures'][0]}")
+                self.prep.warnings.append(
+                    f"{variant.method} on {dataset}: the base failed on "
+                    f"{len(result['base_failures'])} images, e.g. {result['base_failures'][0]}"
+                )
         for variant in variants:
             for dataset in self.wanted(variant):
                 folder = variant.maps_dir(self.out, dataset.name)
-                if (variant.method, dataset.name) not in self.prep.errors and not (folder.is_dir() and any(folder.iterdir())):
-                    self.fail(variant, dataset.name, f"no {variant.method} map could be made for {dataset.name}"
-                                                     " (see the warnings above)")
+                if (variant.method, dataset.name) not in self.prep.errors and not (
+                    folder.is_dir() and any(folder.iterdir())
+                ):
+                    self.fail(
+                        variant,
+                        dataset.name,
+                        f"no {variant.method} map could be made for {dataset.name} (see the warnings above)",
+                    )
 
     def fail(self, variant: Relearning, dataset: str, problem: str) -> None:
         self.prep.errors.setdefault((variant.method, dataset), problem)
@@ -460,9 +528,16 @@ class _Planner:
             options = self.base_options(base, [training.name])
             all_images = tuple(images[i] for i in ids)
             full_pool = (all_images, *extra_pools)
-            full_training = TrainUnit(base.adapter, options, all_images, tuple((images[i], masks[i]) for i in ids),
-                                      extra_pools, variant.overrides, full_checkpoint,
-                                      f"{variant.method} on all of its training set")
+            full_training = TrainUnit(
+                base.adapter,
+                options,
+                all_images,
+                tuple((images[i], masks[i]) for i in ids),
+                extra_pools,
+                variant.overrides,
+                full_checkpoint,
+                f"{variant.method} on all of its training set",
+            )
             fold = dict(zip(ids, folds_of(len(ids), spec.folds, spec.seed)))
             if training.name not in {dataset.name for dataset in wanted}:
                 ids = []  # an ablation component not drawn on its training dataset: no fold to re-learn
@@ -478,23 +553,48 @@ class _Planner:
                     continue
                 checkpoint = variant.checkpoint(self.out, k)
                 train_images = tuple(images[i] for i in train_ids)
-                plan["train"].append(TrainUnit(base.adapter, options, train_images,
-                                               tuple((images[i], masks[i]) for i in train_ids), extra_pools,
-                                               variant.overrides, checkpoint,
-                                               f"{variant.method} fold {k} of {training.name}"))
-                plan["wrap"].append((variant, training.name, WrapUnit(
-                    base.adapter, options, tuple(images[i] for i in held), (train_images, *extra_pools), checkpoint,
-                    out_dir)))
+                plan["train"].append(
+                    TrainUnit(
+                        base.adapter,
+                        options,
+                        train_images,
+                        tuple((images[i], masks[i]) for i in train_ids),
+                        extra_pools,
+                        variant.overrides,
+                        checkpoint,
+                        f"{variant.method} fold {k} of {training.name}",
+                    )
+                )
+                plan["wrap"].append(
+                    (
+                        variant,
+                        training.name,
+                        WrapUnit(
+                            base.adapter,
+                            options,
+                            tuple(images[i] for i in held),
+                            (train_images, *extra_pools),
+                            checkpoint,
+                            out_dir,
+                        ),
+                    )
+                )
         elif spec.train_images is not None:
             options = dict(base.options)
             if spec.train_maps is not None:
                 options["maps"] = str(spec.train_maps)
             train_images = tuple(images_in(spec.train_images).values())
             masks = list_by_stem(spec.train_gt)
-            full_training = TrainUnit(base.adapter, options, train_images,
-                                      tuple((path, masks[path.stem]) for path in train_images if path.stem in masks),
-                                      extra_pools, variant.overrides, full_checkpoint,
-                                      f"{variant.method} on all of its training set")
+            full_training = TrainUnit(
+                base.adapter,
+                options,
+                train_images,
+                tuple((path, masks[path.stem]) for path in train_images if path.stem in masks),
+                extra_pools,
+                variant.overrides,
+                full_checkpoint,
+                f"{variant.method} on all of its training set",
+            )
             full_pool = (train_images, *extra_pools)
         others = 0  # datasets wrapped by the re-learner trained on the whole training set
         for dataset in wanted:
@@ -515,8 +615,9 @@ class _Planner:
             extra = (spec.train_maps,) if training is None and spec.train_maps is not None else ()
             options = self.base_options(base, names, extra)
             pools = full_pool or (tuple(images[stem] for stem in sorted(images)), *extra_pools)
-            plan["wrap"].append((variant, dataset.name, WrapUnit(base.adapter, options, todo, pools, full_checkpoint,
-                                                                 out_dir)))
+            plan["wrap"].append(
+                (variant, dataset.name, WrapUnit(base.adapter, options, todo, pools, full_checkpoint, out_dir))
+            )
             others += 1
         if others and full_training is not None:
             plan["train"].append(full_training)
@@ -546,13 +647,24 @@ class _Planner:
                 methods.append(MethodSpec(base.name, dict(base.maps), str(options.get("suffix") or "")))
             if base.relearn is not None:
                 variant = relearnings(base)[0]
-                methods.append(MethodSpec(variant.method, {d.name: variant.maps_dir(self.out, d.name)
-                                                           for d in self.config.datasets}))
+                methods.append(
+                    MethodSpec(
+                        variant.method, {d.name: variant.maps_dir(self.out, d.name) for d in self.config.datasets}
+                    )
+                )
         return (*methods, *self.config.methods)
 
 
-def prepare(config: TableConfig, out_dir: str | os.PathLike, *, jobs: int = 1, cache: str | os.PathLike | None = None,
-            progress: bool = True, ablation: AblationSpec | None = None, executor: str | None = None) -> Preparation:
+def prepare(
+    config: TableConfig,
+    out_dir: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+    ablation: AblationSpec | None = None,
+    executor: str | None = None,
+) -> Preparation:
     """Make every map the table needs that is not there yet (base maps, re-learners, Our(X) maps; Fig. 11's
     components when ``ablation`` is given), and return the table's methods.
 
@@ -574,5 +686,6 @@ def prepare(config: TableConfig, out_dir: str | os.PathLike, *, jobs: int = 1, c
         prep.ablation["C1"] = next(m for m in prep.config.methods if m.name == base.name)
         for variant in relearnings(base, (*ABLATION_COMPONENTS, FULL)):
             prep.ablation[variant.component] = MethodSpec(
-                variant.method, {name: variant.maps_dir(out, name) for name in ablation.datasets})
+                variant.method, {name: variant.maps_dir(out, name) for name in ablation.datasets}
+            )
     return prep

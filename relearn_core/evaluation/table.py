@@ -1,4 +1,5 @@
-"""The comparison tables and curves of the paper (Tables II/III, Figs. 9/10, Fig. 11) from folders of maps: ``relearn table``.
+"""The comparison tables and curves of the paper (Tables II/III, Figs. 9/10, Fig. 11) from folders of maps:
+``relearn table``.
 
 A YAML file names the datasets, the base models and which re-learned variants Our(X) to produce::
 
@@ -33,7 +34,8 @@ Relative paths are relative to the YAML file (a dataset's ``images``/``gt`` to i
 ``{base}`` and ``{root}`` are replaced in map paths. ``datasets`` and ``methods`` may instead name a dataset JSON
 and a method JSON of PySODEvalToolkit, read as they are (paths in them relative to the JSON file).
 
-Each cell is :func:`relearn_core.evaluation.evaluate.evaluate_folders` on that method's folder for that dataset, so it equals
+Each cell is :func:`relearn_core.evaluation.evaluate.evaluate_folders` on that method's folder for that dataset, so it
+equals
 ``relearn eval`` on the same maps. A method named ``Our(X)`` is drawn solid in the colour of ``X``, drawn dashed.
 An unknown key, dataset or base is an error naming the line of the YAML file.
 """
@@ -45,24 +47,22 @@ import io
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from tqdm import tqdm
 
 from ..errors import InputError, RelearnError
-from .evaluate import DEFINITIONS, SCORE_KEYS, EvalReport, evaluate_folders
 from ..imageio import IMAGE_SUFFIXES, atomic_write_bytes
+from .evaluate import DEFINITIONS, SCORE_KEYS, EvalReport, evaluate_folders
+from .metrics import SCORES
 
 DEFAULT_METRICS = ("max_f", "mae", "auc")
-LOWER_IS_BETTER = frozenset({"mae"})
-METRIC_LABELS = {
-    "max_f": "max F", "mean_f": "mean F", "adp_f": "adp F", "max_f_image": "max F (img)",
-    "mean_f_image": "mean F (img)", "adp_f_image": "adp F (img)", "mae": "MAE", "auc": "AUC", "s_measure": "S",
-    "max_e": "max E", "mean_e": "mean E", "adp_e": "adp E", "weighted_f": "wF",
-}
+LOWER_IS_BETTER = frozenset(key for key, score in SCORES.items() if score.lower_is_better)
+METRIC_LABELS = {key: score.label for key, score in SCORES.items()}
 RANK_COLOURS = ("red", "green", "blue")
 """LaTeX colours of the first, second and third value of a column, as in the paper's tables."""
 
@@ -70,8 +70,21 @@ PAPER_BASES = ("MDF", "DSS", "SRM", "RADF", "RFCN", "BRN", "PAGRN")
 """The seven deep baselines of the paper's Tables II/III: the bases when a config names neither bases nor methods."""
 DEFAULT_MAPS = "{root}/maps/{base}"
 
-_TOP_KEYS = frozenset({"metrics", "resize", "datasets", "methods", "bases", "relearn", "ablation", "adapters",
-                       "device", "folders", "maps"})
+_TOP_KEYS = frozenset(
+    {
+        "metrics",
+        "resize",
+        "datasets",
+        "methods",
+        "bases",
+        "relearn",
+        "ablation",
+        "adapters",
+        "device",
+        "folders",
+        "maps",
+    }
+)
 _DATASET_KEYS = frozenset({"root", "images", "gt"})
 _METHOD_KEYS = frozenset({"maps", "suffix", "prefix"})
 _BASE_KEYS = frozenset({"adapter", "maps", "options", "relearn"})
@@ -166,7 +179,7 @@ class TableConfig:
     adapter_files: tuple[Path, ...] = ()
     device: str = "auto"
 
-    def with_metrics(self, metrics) -> "TableConfig":
+    def with_metrics(self, metrics) -> TableConfig:
         return replace(self, metrics=_check_metrics(_Source(self.path), list(metrics)))
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -220,15 +233,18 @@ def _check_metrics(source: _Source, metrics) -> tuple[str, ...]:
     return tuple(metrics)
 
 
-def _mapping(source: _Source, value, keys: tuple, where: str, allowed: frozenset[str] | None = None,
-             what: str = "key") -> dict:
+def _mapping(
+    source: _Source, value, keys: tuple, where: str, allowed: frozenset[str] | None = None, what: str = "key"
+) -> dict:
     """``value`` checked to be a mapping whose keys are all in ``allowed`` (any keys when None)."""
     if not isinstance(value, dict):
         raise source.error(keys, f"{where} must be a mapping")
     unknown = [] if allowed is None else [str(key) for key in value if str(key) not in allowed]
     if unknown:
-        raise source.error((*keys, unknown[0]),
-                           f"{where}: unknown {what} {unknown[0]!r} (known: {', '.join(sorted(allowed)) or 'none'})")
+        raise source.error(
+            (*keys, unknown[0]),
+            f"{where}: unknown {what} {unknown[0]!r} (known: {', '.join(sorted(allowed)) or 'none'})",
+        )
     return {str(key): item for key, item in value.items()}
 
 
@@ -255,7 +271,9 @@ class _Paths:
 
         text = re.sub(r"\{([A-Za-z_][A-Za-z0-9_-]*)\}", substitute, value)
         folder = Path(os.path.expandvars(os.path.expanduser(text)))
-        folder = folder if folder.is_absolute() else (relative_to if relative_to is not None else self.source.base) / folder
+        folder = (
+            folder if folder.is_absolute() else (relative_to if relative_to is not None else self.source.base) / folder
+        )
         return Path(os.path.normpath(folder))
 
 
@@ -301,7 +319,7 @@ def _split_suffix(suffix: str) -> str:
 def _pysod_entry(path: Path, entry, where: str) -> tuple[Path, str, str]:
     """(folder, stem prefix, stem suffix) of a PySODEvalToolkit ``{"path", "prefix", "suffix"}`` entry."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-        raise InputError(path, f"{where} needs a \"path\" (a folder)")
+        raise InputError(path, f'{where} needs a "path" (a folder)')
     unknown = sorted(set(entry) - {"path", "prefix", "suffix"})
     if unknown:
         raise InputError(path, f"{where}: unknown key {unknown[0]!r} (known: path, prefix, suffix)")
@@ -316,12 +334,12 @@ def pysod_datasets(path: Path) -> tuple[DatasetSpec, ...]:
     datasets = []
     for name, entry in _read_json(path).items():
         if not isinstance(entry, dict) or "mask" not in entry:
-            raise InputError(path, f"dataset {name!r} needs a \"mask\" entry")
+            raise InputError(path, f'dataset {name!r} needs a "mask" entry')
         unknown = sorted(set(entry) - {"image", "mask"})
         if unknown:
             raise InputError(path, f"dataset {name!r}: unknown key {unknown[0]!r} (known: image, mask)")
-        gt, prefix, suffix = _pysod_entry(path, entry["mask"], f"dataset {name!r} \"mask\"")
-        images = _pysod_entry(path, entry["image"], f"dataset {name!r} \"image\"")[0] if "image" in entry else None
+        gt, prefix, suffix = _pysod_entry(path, entry["mask"], f'dataset {name!r} "mask"')
+        images = _pysod_entry(path, entry["image"], f'dataset {name!r} "image"')[0] if "image" in entry else None
         datasets.append(DatasetSpec(str(name), gt, images, None, prefix, suffix))
     return tuple(datasets)
 
@@ -332,7 +350,7 @@ def pysod_methods(path: Path, datasets: list[str]) -> tuple[MethodSpec, ...]:
     methods = []
     for name, entry in _read_json(path).items():
         if not isinstance(entry, dict):
-            raise InputError(path, f"method {name!r} must map dataset names to {{\"path\", \"prefix\", \"suffix\"}}")
+            raise InputError(path, f'method {name!r} must map dataset names to {{"path", "prefix", "suffix"}}')
         maps, affixes = {}, set()
         for dataset, spec in entry.items():
             folder, prefix, suffix = _pysod_entry(path, spec, f"method {name!r} dataset {dataset!r}")
@@ -340,8 +358,9 @@ def pysod_methods(path: Path, datasets: list[str]) -> tuple[MethodSpec, ...]:
                 maps[str(dataset)] = folder
                 affixes.add((prefix, suffix))
         if len(affixes) > 1:
-            raise InputError(path, f"method {name!r}: one prefix and suffix for all datasets is supported, "
-                                   f"found {sorted(affixes)}")
+            raise InputError(
+                path, f"method {name!r}: one prefix and suffix for all datasets is supported, found {sorted(affixes)}"
+            )
         prefix, suffix = affixes.pop() if affixes else ("", "")
         methods.append(MethodSpec(str(name), maps, suffix, prefix))
     return tuple(methods)
@@ -365,7 +384,9 @@ def _datasets(source: _Source, paths: _Paths, entries) -> tuple[DatasetSpec, ...
         gt = paths.resolve(entry.get("gt", "gt"), (*keys, "gt"), f"{where}: 'gt'", relative_to=root)
         images = None
         if root is not None or "images" in entry:
-            images = paths.resolve(entry.get("images", "images"), (*keys, "images"), f"{where}: 'images'", relative_to=root)
+            images = paths.resolve(
+                entry.get("images", "images"), (*keys, "images"), f"{where}: 'images'", relative_to=root
+            )
         if root is not None and root.is_dir() and not gt.is_dir():
             shown = gt.relative_to(root) if gt.is_relative_to(root) else gt
             raise source.error(keys, f"{where}: {root} has no ground-truth folder {shown}/")
@@ -377,13 +398,24 @@ def _map_folders(source: _Source, paths: _Paths, value, keys: tuple, where: str,
     """A method's or base's maps folder per dataset, from one pattern or a mapping dataset -> folder."""
     names = [dataset.name for dataset in datasets]
     if isinstance(value, str):
-        return {dataset.name: paths.resolve(value, keys, where, dataset=dataset.name, base=base,
-                                            root=dataset.root or dataset.gt.parent)
-                for dataset in datasets}
+        return {
+            dataset.name: paths.resolve(
+                value, keys, where, dataset=dataset.name, base=base, root=dataset.root or dataset.gt.parent
+            )
+            for dataset in datasets
+        }
     value = _mapping(source, value, keys, where, frozenset(names), what="dataset")
-    return {dataset: paths.resolve(folder, (*keys, dataset), f"{where} {dataset!r}", dataset=dataset, base=base,
-                                   root=(lambda d: d.root or d.gt.parent)(datasets[names.index(dataset)]))
-            for dataset, folder in value.items()}
+    return {
+        dataset: paths.resolve(
+            folder,
+            (*keys, dataset),
+            f"{where} {dataset!r}",
+            dataset=dataset,
+            base=base,
+            root=(lambda d: d.root or d.gt.parent)(datasets[names.index(dataset)]),
+        )
+        for dataset, folder in value.items()
+    }
 
 
 def _affix(source: _Source, entry: dict, key: str, keys: tuple, where: str) -> str:
@@ -406,8 +438,14 @@ def _methods(source: _Source, paths: _Paths, entries, datasets) -> tuple[MethodS
         if "maps" not in entry:
             raise source.error(keys, f"{where} needs 'maps'")
         folders = _map_folders(source, paths, entry["maps"], (*keys, "maps"), f"{where}: 'maps'", datasets, name)
-        methods.append(MethodSpec(name, folders, _affix(source, entry, "suffix", keys, where),
-                                  _affix(source, entry, "prefix", keys, where)))
+        methods.append(
+            MethodSpec(
+                name,
+                folders,
+                _affix(source, entry, "suffix", keys, where),
+                _affix(source, entry, "prefix", keys, where),
+            )
+        )
     return tuple(methods)
 
 
@@ -417,8 +455,9 @@ def _int(source: _Source, value, keys: tuple, where: str, minimum: int) -> int:
     return value
 
 
-def _relearn_spec(source: _Source, paths: _Paths, entry: dict, keys: tuple, where: str, datasets,
-                  base: str) -> RelearnSpec:
+def _relearn_spec(
+    source: _Source, paths: _Paths, entry: dict, keys: tuple, where: str, datasets, base: str
+) -> RelearnSpec:
     names = [dataset.name for dataset in datasets]
     spec = RelearnSpec()
     if "train" in entry:
@@ -430,15 +469,25 @@ def _relearn_spec(source: _Source, paths: _Paths, entry: dict, keys: tuple, wher
             spec = replace(spec, train=train)
         else:
             train = _mapping(source, train, tkeys, f"{where}: 'train'", _TRAIN_KEYS)
-            root = paths.resolve(train["root"], (*tkeys, "root"), f"{where}: 'train' 'root'") if "root" in train else None
-            images = paths.resolve(train.get("images", "images"), (*tkeys, "images"), f"{where}: 'train' 'images'", relative_to=root)
+            root = (
+                paths.resolve(train["root"], (*tkeys, "root"), f"{where}: 'train' 'root'") if "root" in train else None
+            )
+            images = paths.resolve(
+                train.get("images", "images"), (*tkeys, "images"), f"{where}: 'train' 'images'", relative_to=root
+            )
             gt = paths.resolve(train.get("gt", "gt"), (*tkeys, "gt"), f"{where}: 'train' 'gt'", relative_to=root)
             same = [d.name for d in datasets if d.images is not None and d.images.resolve() == images.resolve()]
             # a training folder that is a dataset of the table is that dataset: it gets the k-fold protocol
-            maps = paths.resolve(train["maps"], (*tkeys, "maps"), f"{where}: 'train' 'maps'", relative_to=root,
-                                 base=base) if "maps" in train else None
-            spec = replace(spec, train=same[0]) if same else replace(spec, train_images=images, train_gt=gt,
-                                                                      train_maps=maps)
+            maps = (
+                paths.resolve(train["maps"], (*tkeys, "maps"), f"{where}: 'train' 'maps'", relative_to=root, base=base)
+                if "maps" in train
+                else None
+            )
+            spec = (
+                replace(spec, train=same[0])
+                if same
+                else replace(spec, train_images=images, train_gt=gt, train_maps=maps)
+            )
     if "folds" in entry:
         spec = replace(spec, folds=_int(source, entry["folds"], (*keys, "folds"), f"{where}: 'folds'", 2))
     if "seed" in entry:
@@ -448,8 +497,12 @@ def _relearn_spec(source: _Source, paths: _Paths, entry: dict, keys: tuple, wher
         pool = [pool] if isinstance(pool, str) else pool
         if not isinstance(pool, list):
             raise source.error((*keys, "pool"), f"{where}: 'pool' must be a folder or a list of folders")
-        spec = replace(spec, pool=tuple(paths.resolve(folder, (*keys, "pool", index), f"{where}: 'pool'")
-                                        for index, folder in enumerate(pool)))
+        spec = replace(
+            spec,
+            pool=tuple(
+                paths.resolve(folder, (*keys, "pool", index), f"{where}: 'pool'") for index, folder in enumerate(pool)
+            ),
+        )
     if "config" in entry:
         overrides = _mapping(source, entry["config"] or {}, (*keys, "config"), f"{where}: 'config'")
         from ..pipeline import RelearnConfig
@@ -487,8 +540,10 @@ def _bases(source: _Source, paths: _Paths, document: dict, datasets) -> tuple[Ba
             raise source.error(("relearn", "variants"), "'relearn': 'variants' must be a list of base names")
         for index, name in enumerate(variants):
             if name not in entries:
-                raise source.error(("relearn", "variants", index),
-                                   f"'relearn': 'variants': unknown base {name!r} (bases: {', '.join(entries)})")
+                raise source.error(
+                    ("relearn", "variants", index),
+                    f"'relearn': 'variants': unknown base {name!r} (bases: {', '.join(entries)})",
+                )
     bases = []
     for name, entry in entries.items():
         keys = ("bases", name)
@@ -501,8 +556,7 @@ def _bases(source: _Source, paths: _Paths, document: dict, datasets) -> tuple[Ba
         try:
             adapter = plugins.get_adapter(adapter_name)
         except RelearnError as exc:
-            raise source.error((*keys, "adapter") if "adapter" in entry else keys,
-                               f"base {name!r}: {exc}") from None
+            raise source.error((*keys, "adapter") if "adapter" in entry else keys, f"base {name!r}: {exc}") from None
         computes = adapter.info.predicts_from != "maps"
         maps = {}
         if not computes:
@@ -512,17 +566,23 @@ def _bases(source: _Source, paths: _Paths, document: dict, datasets) -> tuple[Ba
         options = _mapping(source, entry.get("options") or {}, (*keys, "options"), f"{where}: 'options'")
         relearn = None
         own = entry.get("relearn")
-        if own is not False and (shared_relearn is not None or own is not None) and \
-                (name in variants or own is not None):
+        if (
+            own is not False
+            and (shared_relearn is not None or own is not None)
+            and (name in variants or own is not None)
+        ):
             merged = {k: v for k, v in (shared_relearn or {}).items() if k != "variants"}
             own_keys = (*keys, "relearn")
             if own is not None:
                 merged.update(_mapping(source, own, own_keys, f"{where}: 'relearn'", _RELEARN_KEYS))
-            relearn = _relearn_spec(source, paths, merged, own_keys if own else ("relearn",), f"{where}: 'relearn'",
-                                    datasets, name)
+            relearn = _relearn_spec(
+                source, paths, merged, own_keys if own else ("relearn",), f"{where}: 'relearn'", datasets, name
+            )
             if relearn.train is None and relearn.train_images is None and relearn.checkpoint is None:
-                raise source.error(own_keys if own else ("relearn",),
-                                   f"{where}: 'relearn' needs 'train' (a dataset or {{images, gt}}) or 'checkpoint'")
+                raise source.error(
+                    own_keys if own else ("relearn",),
+                    f"{where}: 'relearn' needs 'train' (a dataset or {{images, gt}}) or 'checkpoint'",
+                )
         bases.append(BaseSpec(name, adapter.name, maps, computes, options, relearn, source.line(keys)))
     return tuple(bases)
 
@@ -535,15 +595,18 @@ def _ablation(source: _Source, value, bases, datasets) -> AblationSpec | None:
     entry = {} if value is True else _mapping(source, value, ("ablation",), "'ablation'", _ABLATION_KEYS)
     base = entry.get("base", variants[0] if variants else None)
     if base not in variants:
-        raise source.error(("ablation", "base") if "base" in entry else ("ablation",),
-                           f"'ablation': 'base' must be a base with re-learning (one of: {', '.join(variants) or 'none'})")
+        raise source.error(
+            ("ablation", "base") if "base" in entry else ("ablation",),
+            f"'ablation': 'base' must be a base with re-learning (one of: {', '.join(variants) or 'none'})",
+        )
     chosen = entry.get("datasets", names)
     if not isinstance(chosen, list):
         raise source.error(("ablation", "datasets"), "'ablation': 'datasets' must be a list of dataset names")
     for index, name in enumerate(chosen):
         if name not in names:
-            raise source.error(("ablation", "datasets", index),
-                               f"'ablation': unknown dataset {name!r} (known: {', '.join(names)})")
+            raise source.error(
+                ("ablation", "datasets", index), f"'ablation': unknown dataset {name!r} (known: {', '.join(names)})"
+            )
     return AblationSpec(base, tuple(chosen))
 
 
@@ -559,14 +622,16 @@ def load_config(path: str | os.PathLike) -> TableConfig:
     if clash:
         raise source.error(("folders", clash[0]), f"'folders': {clash[0]!r} is a reserved placeholder")
     paths = _Paths(source, {})
-    paths.folders = {name: str(paths.resolve(value, ("folders", name), f"'folders' {name!r}"))
-                     for name, value in folders.items()}
+    paths.folders = {
+        name: str(paths.resolve(value, ("folders", name), f"'folders' {name!r}")) for name, value in folders.items()
+    }
 
     adapter_files = document.get("adapters") or []
     if not isinstance(adapter_files, list):
         raise source.error(("adapters",), "'adapters' must be a list of Python files")
-    adapter_files = tuple(paths.resolve(file, ("adapters", index), "'adapters'")
-                          for index, file in enumerate(adapter_files))
+    adapter_files = tuple(
+        paths.resolve(file, ("adapters", index), "'adapters'") for index, file in enumerate(adapter_files)
+    )
     for index, file in enumerate(adapter_files):
         try:
             plugins.load_adapter_file(file)
@@ -618,16 +683,30 @@ class TableResult:
         return report.scores[metric] if report is not None and report.count else None
 
 
-def evaluate_cell(method: MethodSpec, dataset: DatasetSpec, resize: bool = False,
-                  workers: int | None = None) -> EvalReport:
+def evaluate_cell(
+    method: MethodSpec, dataset: DatasetSpec, resize: bool = False, workers: int | None = None
+) -> EvalReport:
     """One cell: ``relearn eval`` of the method's maps for the dataset."""
-    return evaluate_folders(method.maps[dataset.name], dataset.gt, resize=resize, suffix=method.suffix,
-                            prefix=method.prefix, gt_prefix=dataset.mask_prefix, gt_suffix=dataset.mask_suffix,
-                            progress=False, workers=workers)
+    return evaluate_folders(
+        method.maps[dataset.name],
+        dataset.gt,
+        resize=resize,
+        suffix=method.suffix,
+        prefix=method.prefix,
+        gt_prefix=dataset.mask_prefix,
+        gt_suffix=dataset.mask_suffix,
+        progress=False,
+        workers=workers,
+    )
 
 
-def build_table(config: TableConfig, *, progress: bool = True, workers: int | None = None,
-                errors: Mapping[tuple[str, str], str] | None = None) -> TableResult:
+def build_table(
+    config: TableConfig,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    errors: Mapping[tuple[str, str], str] | None = None,
+) -> TableResult:
     """Evaluate every method on every dataset.
 
     A missing maps folder leaves its cell empty, with a warning; maps that cannot be scored (wrong size, unreadable,
@@ -642,17 +721,21 @@ def build_table(config: TableConfig, *, progress: bool = True, workers: int | No
             usable.append(dataset)
         else:
             result.warnings.append(f"{dataset.gt}: ground truth of {dataset.name} not found; its cells are empty")
-    cells = [(method, dataset) for dataset in usable for method in config.methods
-             if (method.name, dataset.name) not in result.errors]
-    for method, dataset in tqdm(cells, desc="evaluate", unit="cell", leave=False,
-                                disable=None if progress else True):
+    cells = [
+        (method, dataset)
+        for dataset in usable
+        for method in config.methods
+        if (method.name, dataset.name) not in result.errors
+    ]
+    for method, dataset in tqdm(cells, desc="evaluate", unit="cell", leave=False, disable=None if progress else True):
         folder = method.maps.get(dataset.name)
         report = None
         if folder is None:
             result.warnings.append(f"{config.path}: method {method.name!r} names no maps folder for {dataset.name}")
         elif not folder.is_dir():
-            result.warnings.append(f"{folder}: no maps of {method.name} for {dataset.name} (folder missing); "
-                                   "cell left empty")
+            result.warnings.append(
+                f"{folder}: no maps of {method.name} for {dataset.name} (folder missing); cell left empty"
+            )
         else:
             try:
                 report = evaluate_cell(method, dataset, config.resize, workers)
@@ -662,12 +745,15 @@ def build_table(config: TableConfig, *, progress: bool = True, workers: int | No
                 skipped = len(report.skipped) + len(report.unmatched_masks)
                 if not report.count:
                     first = report.skipped[0] if report.skipped else f"no map matches a mask of {dataset.gt}"
-                    result.errors[(method.name, dataset.name)] = (f"{folder}: no map could be scored "
-                                                                  f"({skipped} masks without a usable map; {first})")
+                    result.errors[(method.name, dataset.name)] = (
+                        f"{folder}: no map could be scored ({skipped} masks without a usable map; {first})"
+                    )
                     report = None
                 elif skipped:
-                    result.warnings.append(f"{folder}: {method.name} on {dataset.name} scored on {report.count} "
-                                           f"images, {skipped} masks have no usable map (relearn eval lists them)")
+                    result.warnings.append(
+                        f"{folder}: {method.name} on {dataset.name} scored on {report.count} "
+                        f"images, {skipped} masks have no usable map (relearn eval lists them)"
+                    )
         result.reports[(method.name, dataset.name)] = report
     for (method, dataset), problem in result.errors.items():
         result.reports[(method, dataset)] = None
@@ -688,8 +774,10 @@ class PublishedRow:
 
     def differences(self) -> tuple[float | None, float | None]:
         """measured - published, at the published precision (3 decimals; + 0.0 turns -0.0 into 0.0)."""
-        return (None if self.measured_max_f is None else round(self.measured_max_f - self.published_max_f, 3) + 0.0,
-                None if self.measured_mae is None else round(self.measured_mae - self.published_mae, 3) + 0.0)
+        return (
+            None if self.measured_max_f is None else round(self.measured_max_f - self.published_max_f, 3) + 0.0,
+            None if self.measured_mae is None else round(self.measured_mae - self.published_mae, 3) + 0.0,
+        )
 
 
 def published_rows(result: TableResult) -> list[PublishedRow]:
@@ -710,8 +798,16 @@ def published_rows(result: TableResult) -> list[PublishedRow]:
             score = published.get(dataset.name.lower())
             if score is None:
                 continue
-            rows.append(PublishedRow(method.name, dataset.name, result.score(method.name, dataset.name, "max_f"),
-                                     score.max_f, result.score(method.name, dataset.name, "mae"), score.mae))
+            rows.append(
+                PublishedRow(
+                    method.name,
+                    dataset.name,
+                    result.score(method.name, dataset.name, "max_f"),
+                    score.max_f,
+                    result.score(method.name, dataset.name, "mae"),
+                    score.mae,
+                )
+            )
     return rows
 
 
@@ -723,15 +819,22 @@ def published_markdown(rows: list[PublishedRow], source: str = "") -> str:
     def number(value, signed=False):
         return "" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
-    lines = ["| method | dataset | max F measured | max F published | difference | MAE measured | MAE published "
-             "| difference |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | dataset | max F measured | max F published | difference | MAE measured | MAE published "
+        "| difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         diff_f, diff_mae = row.differences()
-        lines.append(f"| {row.method} | {row.dataset} | {number(row.measured_max_f)} | {row.published_max_f:.3f} | "
-                     f"{number(diff_f, True)} | {number(row.measured_mae)} | {row.published_mae:.3f} | "
-                     f"{number(diff_mae, True)} |")
-    note = ("A difference beyond about 0.005 suggests the maps are not the authors' (or another ground truth "
-            "or evaluation was used).")
+        lines.append(
+            f"| {row.method} | {row.dataset} | {number(row.measured_max_f)} | {row.published_max_f:.3f} | "
+            f"{number(diff_f, True)} | {number(row.measured_mae)} | {row.published_mae:.3f} | "
+            f"{number(diff_mae, True)} |"
+        )
+    note = (
+        "A difference beyond about 0.005 suggests the maps are not the authors' (or another ground truth "
+        "or evaluation was used)."
+    )
     return "\n".join(lines) + f"\n\nPublished: {source or 'registry.yaml'}. {note}\n"
 
 
@@ -776,14 +879,20 @@ def markdown_table(result: TableResult) -> str:
             else:
                 row.append("" if value is None else f"{value:.3f}{_SUPERSCRIPTS.get(rank, '')}")
         lines.append("| " + " | ".join(row) + " |")
-    arrows = ", ".join(f"{METRIC_LABELS[m]} {'lower' if m in LOWER_IS_BETTER else 'higher'} is better"
-                       for m in result.config.metrics)
-    lines += ["", f"¹ ² ³: first, second and third of each column ({arrows}). max F is dataset-level (mean "
-                  "precision and recall over images, then F, beta^2 = 0.3), as in the paper."]
+    arrows = ", ".join(
+        f"{METRIC_LABELS[m]} {'lower' if m in LOWER_IS_BETTER else 'higher'} is better" for m in result.config.metrics
+    )
+    lines += [
+        "",
+        f"¹ ² ³: first, second and third of each column ({arrows}). max F is dataset-level (mean "
+        "precision and recall over images, then F, beta^2 = 0.3), as in the paper.",
+    ]
     if notes:
         lines += ["", "Cells that could not be scored:", ""]
-        lines += [f"{number}. {method} on {dataset}: {result.errors[(method, dataset)]}"
-                  for (method, dataset), number in notes.items()]
+        lines += [
+            f"{number}. {method} on {dataset}: {result.errors[(method, dataset)]}"
+            for (method, dataset), number in notes.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -794,14 +903,25 @@ def csv_table(result: TableResult) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method"] + [f"{dataset}:{metric}" for dataset, metric in columns])
     for method in methods:
-        writer.writerow([method] + ["" if cells[(method, c)][0] is None else f"{cells[(method, c)][0]:.6f}"
-                                    for c in columns])
+        writer.writerow(
+            [method] + ["" if cells[(method, c)][0] is None else f"{cells[(method, c)][0]:.6f}" for c in columns]
+        )
     return buffer.getvalue()
 
 
 def _latex_escape(text: str) -> str:
-    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                          ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+    for char, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("$", r"\$"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\^{}"),
+    ):
         text = text.replace(char, escaped)
     return text
 
@@ -815,10 +935,14 @@ def latex_table(result: TableResult) -> str:
         "% relearn table: needs \\usepackage{xcolor}; top three of each column in red, green, blue",
         "\\begin{tabular}{l" + "c" * len(columns) + "}",
         "\\hline",
-        "Method & " + " & ".join(f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_latex_escape(d)}}}" for d in datasets)
+        "Method & "
+        + " & ".join(f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_latex_escape(d)}}}" for d in datasets)
         + " \\\\",
-        " & " + " & ".join(_latex_escape(METRIC_LABELS[metric]) + ("$\\downarrow$" if metric in LOWER_IS_BETTER
-                                                                  else "$\\uparrow$") for _, metric in columns)
+        " & "
+        + " & ".join(
+            _latex_escape(METRIC_LABELS[metric]) + ("$\\downarrow$" if metric in LOWER_IS_BETTER else "$\\uparrow$")
+            for _, metric in columns
+        )
         + " \\\\",
         "\\hline",
     ]
@@ -870,8 +994,11 @@ def curve_figures(result: TableResult, out_dir: Path) -> list[Path]:
     styles = _line_styles(methods)
     written = []
     for dataset in result.config.datasets:
-        drawn = [(name, result.reports[(name, dataset.name)]) for name in methods
-                 if result.reports.get((name, dataset.name)) is not None]
+        drawn = [
+            (name, result.reports[(name, dataset.name)])
+            for name in methods
+            if result.reports.get((name, dataset.name)) is not None
+        ]
         if not drawn:
             continue
         for kind in ("pr", "f_threshold"):
@@ -883,8 +1010,9 @@ def curve_figures(result: TableResult, out_dir: Path) -> list[Path]:
                 if kind == "pr":
                     axes.plot(curves["recall"], curves["precision"], style, color=colour, label=name, linewidth=1.5)
                 else:
-                    axes.plot(curves["thresholds"] * 255, curves["f_curve"], style, color=colour, label=name,
-                              linewidth=1.5)
+                    axes.plot(
+                        curves["thresholds"] * 255, curves["f_curve"], style, color=colour, label=name, linewidth=1.5
+                    )
             if kind == "pr":
                 axes.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1))
             else:
@@ -906,14 +1034,23 @@ def scores_json(result: TableResult) -> str:
         "metrics": list(result.config.metrics),
         "definitions": DEFINITIONS,
         "cells": [
-            {"method": method, "dataset": dataset, "maps": str(report.pred_dir) if report else None,
-             "count": report.count if report else 0, **(report.scores if report else {})}
+            {
+                "method": method,
+                "dataset": dataset,
+                "maps": str(report.pred_dir) if report else None,
+                "count": report.count if report else 0,
+                **(report.scores if report else {}),
+            }
             for (method, dataset), report in result.reports.items()
         ],
-        "errors": [{"method": method, "dataset": dataset, "problem": problem}
-                   for (method, dataset), problem in result.errors.items()],
-        "published": [{**row.__dict__, "max_f_difference": row.differences()[0],
-                       "mae_difference": row.differences()[1]} for row in published_rows(result)],
+        "errors": [
+            {"method": method, "dataset": dataset, "problem": problem}
+            for (method, dataset), problem in result.errors.items()
+        ],
+        "published": [
+            {**row.__dict__, "max_f_difference": row.differences()[0], "mae_difference": row.differences()[1]}
+            for row in published_rows(result)
+        ],
         "warnings": result.warnings,
     }
     return json.dumps(document, indent=2) + "\n"
@@ -932,28 +1069,42 @@ def write_table(result: TableResult, out_dir: str | os.PathLike) -> list[Path]:
     if published:
         from ..registry import load_registry
 
-        markdown += "\n## Measured beside published\n\n" + published_markdown(published, load_registry().published_source)
-    for name, text in (("table.md", markdown), ("table.csv", csv_table(result)),
-                       ("table.tex", latex_table(result)), ("scores.json", scores_json(result))):
+        markdown += "\n## Measured beside published\n\n" + published_markdown(
+            published, load_registry().published_source
+        )
+    for name, text in (
+        ("table.md", markdown),
+        ("table.csv", csv_table(result)),
+        ("table.tex", latex_table(result)),
+        ("scores.json", scores_json(result)),
+    ):
         atomic_write_bytes(out_dir / name, text.encode())
         written.append(out_dir / name)
     return written + curve_figures(result, out_dir)
 
 
 COMPONENT_LABELS = {
-    "C1": "C1 base", "C2": "C2 re-learning, no pair filter", "C3": "C3 + pair filter, M = 1",
-    "C4": "C4 + M = 5, joint classifier", "C5": "C5 + larger pool", "C6": "C6 + bi-level alignment (full)",
+    "C1": "C1 base",
+    "C2": "C2 re-learning, no pair filter",
+    "C3": "C3 + pair filter, M = 1",
+    "C4": "C4 + M = 5, joint classifier",
+    "C5": "C5 + larger pool",
+    "C6": "C6 + bi-level alignment (full)",
 }
 
 
-def ablation_figures(components: Mapping[str, MethodSpec], config: TableConfig, datasets: tuple[str, ...],
-                     out_dir: str | os.PathLike, workers: int | None = None) -> tuple[list[Path], list[str]]:
+def ablation_figures(
+    components: Mapping[str, MethodSpec],
+    config: TableConfig,
+    datasets: tuple[str, ...],
+    out_dir: str | os.PathLike,
+    workers: int | None = None,
+) -> tuple[list[Path], list[str]]:
     """Fig. 11: PR and F-measure-vs-threshold curves of the components C1..C6, averaged over ``datasets`` (the mean
     of each dataset's dataset-level curve), PNG and PDF, plus ``ablation.md`` with the averaged scores."""
+    import numpy as np
     from matplotlib import colormaps
     from matplotlib.figure import Figure
-
-    import numpy as np
 
     out_dir = Path(out_dir)
     warnings, averaged, scores = [], {}, {}
@@ -973,8 +1124,10 @@ def ablation_figures(components: Mapping[str, MethodSpec], config: TableConfig, 
             if report.count:
                 reports.append(report)
         if len(reports) == len(datasets):
-            averaged[component] = {key: np.mean([r.curves[key] for r in reports], 0)
-                                   for key in ("precision", "recall", "f_curve", "thresholds")}
+            averaged[component] = {
+                key: np.mean([r.curves[key] for r in reports], 0)
+                for key in ("precision", "recall", "f_curve", "thresholds")
+            }
             scores[component] = {key: float(np.mean([r.scores[key] for r in reports])) for key in ("max_f", "mae")}
     if not averaged:
         return [], warnings + ["ablation: no component could be scored on every dataset; Fig. 11 not drawn"]
@@ -985,8 +1138,11 @@ def ablation_figures(components: Mapping[str, MethodSpec], config: TableConfig, 
         figure = Figure(figsize=(5, 4))
         axes = figure.subplots()
         for index, (component, curves) in enumerate(averaged.items()):
-            x, y = (curves["recall"], curves["precision"]) if kind == "pr" else (curves["thresholds"] * 255,
-                                                                                 curves["f_curve"])
+            x, y = (
+                (curves["recall"], curves["precision"])
+                if kind == "pr"
+                else (curves["thresholds"] * 255, curves["f_curve"])
+            )
             axes.plot(x, y, "-", color=colours[index], label=COMPONENT_LABELS.get(component, component), linewidth=1.5)
         if kind == "pr":
             axes.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1))
@@ -996,9 +1152,14 @@ def ablation_figures(components: Mapping[str, MethodSpec], config: TableConfig, 
         axes.grid(True, linewidth=0.3)
         axes.legend(fontsize="x-small", loc="lower left")
         written += _save_figure(figure, out_dir / "figures" / f"ablation_{kind}")
-    lines = [f"# Component evaluation (Fig. 11): {title}", "",
-             "Scores averaged over the datasets (dataset-level max F, MAE).", "",
-             "| component | max F | MAE |", "|---|---|---|"]
+    lines = [
+        f"# Component evaluation (Fig. 11): {title}",
+        "",
+        "Scores averaged over the datasets (dataset-level max F, MAE).",
+        "",
+        "| component | max F | MAE |",
+        "|---|---|---|",
+    ]
     lines += [f"| {COMPONENT_LABELS.get(c, c)} | {s['max_f']:.3f} | {s['mae']:.3f} |" for c, s in scores.items()]
     atomic_write_bytes(out_dir / "ablation.md", ("\n".join(lines) + "\n").encode())
     return written + [out_dir / "ablation.md"], warnings

@@ -17,16 +17,23 @@ the backbone's raw activations: a classifier should standardise them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from .. import plugins
-from ..errors import RelearnError
 from ..correspondence.align import superpixel_matches
-from ..records import ImageEntry, ImageEvidence, PairCorrespondence, SuperpixelFeatures, Superpixels, TargetPairs
+from ..errors import RelearnError
+from ..records import (
+    ImageEntry,
+    ImageEvidence,
+    PairCorrespondence,
+    SuperpixelFeatures,
+    Superpixels,
+    TargetPairs,
+)
 from ..workspace import Stage, Workspace, array_digest
 
 DEFAULT_BACKBONE = "handcrafted"  #: runs without weights; "vgg16-hed" is the paper's
@@ -189,17 +196,23 @@ def superpixel_features(
     return results
 
 
-def features_for(ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str = DEFAULT_BACKBONE
-                 ) -> SuperpixelFeatures:
+def features_for(
+    ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str = DEFAULT_BACKBONE
+) -> SuperpixelFeatures:
     """The features of the image's superpixels, cached (keyed by the image and its superpixels' content)."""
     params = {"backbone": backbone, "superpixels": superpixels.count}
-    return ws.run(FEATURE_STAGE, [entry.hash, array_digest(superpixels.labels)], params,
-                  lambda: superpixel_features([entry.image], [superpixels], backbone, ws.device)[0],
-                  SuperpixelFeatures)
+    return ws.run(
+        FEATURE_STAGE,
+        [entry.hash, array_digest(superpixels.labels)],
+        params,
+        lambda: superpixel_features([entry.image], [superpixels], backbone, ws.device)[0],
+        SuperpixelFeatures,
+    )
 
 
-def saliency_cues(base_mean: np.ndarray, trusted_salient: np.ndarray, trusted_background: np.ndarray,
-                  superpixels: Superpixels) -> np.ndarray:
+def saliency_cues(
+    base_mean: np.ndarray, trusted_salient: np.ndarray, trusted_background: np.ndarray, superpixels: Superpixels
+) -> np.ndarray:
     """(S, CUES): the base's mean, the pseudo-GT's trusted shares and the superpixel's centroid (relative).
 
     These carry what the base model says about a superpixel (and, for an aligned superpixel, about its counterpart in
@@ -210,8 +223,13 @@ def saliency_cues(base_mean: np.ndarray, trusted_salient: np.ndarray, trusted_ba
     return np.column_stack([base_mean, trusted_salient, trusted_background, centroids]).astype(np.float32)
 
 
-def instance_pairs(target: ImageEvidence, neighbours: list[ImageEvidence], correspondences: list[PairCorrespondence],
-                   neighbour_count: int, alignment: str) -> TargetPairs:
+def instance_pairs(
+    target: ImageEvidence,
+    neighbours: list[ImageEvidence],
+    correspondences: list[PairCorrespondence],
+    neighbour_count: int,
+    alignment: str,
+) -> TargetPairs:
     """CF = {target, aligned, g} for every target superpixel and its aligned superpixel in each neighbour, the M most
     trusted (highest g) first; ``alignment`` is "bilevel" (Eq. (1)) or "flow" (SIFT Flow's matches alone)."""
     count = target.superpixels.count

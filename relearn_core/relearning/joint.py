@@ -22,8 +22,8 @@ corrections to the base rather than re-learning it from scratch.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +45,9 @@ class JointConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-3
     error_clamp: tuple[float, float] = (0.02, 0.48)
-    validation_share: float = 0.2  #: share of training images held out to choose the epoch (0: train on all, keep the last)
+    validation_share: float = (
+        0.2  #: share of training images held out to choose the epoch (0: train on all, keep the last)
+    )
     seed: int = 0
 
 
@@ -73,12 +75,12 @@ class PairBatch:
     def __len__(self) -> int:
         return len(self.prior)
 
-    def take(self, rows) -> "PairBatch":
+    def take(self, rows) -> PairBatch:
         """The batch of these rows (a bool mask, indices or a slice)."""
         return PairBatch(self.cf[rows], self.similarity[rows], self.keep[rows], self.prior[rows])
 
     @staticmethod
-    def joined(batches: list["PairBatch"]) -> "PairBatch":
+    def joined(batches: list[PairBatch]) -> PairBatch:
         """One batch of the rows of ``batches``, in order."""
         columns = zip(*((b.cf, b.similarity, b.keep, b.prior) for b in batches))
         return PairBatch(*(np.concatenate(column) for column in columns))
@@ -99,7 +101,9 @@ class JointRelearner(nn.Module):
         super().__init__()
         self.config = config
         self.standardise = Standardise(pair_features)
-        self.fc5 = nn.ModuleList(fc_stack(pair_features, config.hidden, config.dropout) for _ in range(config.neighbours))
+        self.fc5 = nn.ModuleList(
+            fc_stack(pair_features, config.hidden, config.dropout) for _ in range(config.neighbours)
+        )
         self.classifiers = nn.ModuleList(nn.Linear(config.hidden[-1], 1) for _ in range(config.neighbours))
         self.joint_classifier = nn.Linear(config.hidden[-1], 1)
         # the residual starts at zero: before training, the joint prediction is the base's own logit
@@ -154,9 +158,14 @@ def split_groups(groups: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.isin(groups, held)
 
 
-def train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig = JointConfig(), device: str = "cpu",
-                held_out: np.ndarray | None = None,
-                held_out_error: Callable[["JointRelearner"], float] | None = None) -> tuple["JointRelearner", list[list[float]]]:
+def train_joint(
+    pairs: PairBatch,
+    target: np.ndarray,
+    config: JointConfig = JointConfig(),
+    device: str = "cpu",
+    held_out: np.ndarray | None = None,
+    held_out_error: Callable[[JointRelearner], float] | None = None,
+) -> tuple[JointRelearner, list[list[float]]]:
     """Train the M classifiers and the joint classifier on ``pairs`` with saliency targets Z (N,) in [0, 1].
 
     With ``held_out`` (bool (N,): the rows of the training images kept for validation, see ``split_groups``), the
@@ -167,7 +176,9 @@ def train_joint(pairs: PairBatch, target: np.ndarray, config: JointConfig = Join
     if held_out is not None and held_out.any() and held_out_error is None:
         raise RelearnError("train_joint: rows are held out but no held_out_error tells how to score them")
     if pairs.keep.shape[1] != config.neighbours:
-        raise RelearnError(f"the joint model has M={config.neighbours} classifiers but the pairs hold {pairs.keep.shape[1]} per target")
+        raise RelearnError(
+            f"the joint model has M={config.neighbours} classifiers but the pairs hold {pairs.keep.shape[1]} per target"
+        )
     if len(pairs) == 0:
         raise RelearnError("no target instances to re-learn from (no unsure superpixel with a kept neighbour pair)")
     torch.manual_seed(config.seed)

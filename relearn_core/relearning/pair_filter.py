@@ -56,10 +56,14 @@ class InstanceLabels:
     pgt_iou: np.ndarray  #: (S,) IoU(pGT, GT) of the instance as defined in the module docstring
 
 
-def target_instances(labels: np.ndarray, gt: np.ndarray, pgt_salient: np.ndarray, pgt_background: np.ndarray) -> InstanceLabels:
+def target_instances(
+    labels: np.ndarray, gt: np.ndarray, pgt_salient: np.ndarray, pgt_background: np.ndarray
+) -> InstanceLabels:
     """Ground-truth class and IoU(pGT, GT) of every superpixel of a labelled image (``labels`` (H, W) ids from 0)."""
     if not (labels.shape == gt.shape == pgt_salient.shape == pgt_background.shape):
-        raise RelearnError(f"superpixels {labels.shape}, GT {gt.shape} and pseudo-GT {pgt_salient.shape} differ in shape")
+        raise RelearnError(
+            f"superpixels {labels.shape}, GT {gt.shape} and pseudo-GT {pgt_salient.shape} differ in shape"
+        )
     count = int(labels.max()) + 1
     flat = labels.ravel()
     gt = gt.ravel().astype(bool)
@@ -74,7 +78,12 @@ def target_instances(labels: np.ndarray, gt: np.ndarray, pgt_salient: np.ndarray
     return InstanceLabels(salient_share, gt_class, class_share, pgt_iou)
 
 
-def aligned_iou(target_class: np.ndarray, target_class_share: np.ndarray, aligned_trusted_salient: np.ndarray, aligned_trusted_background: np.ndarray) -> np.ndarray:
+def aligned_iou(
+    target_class: np.ndarray,
+    target_class_share: np.ndarray,
+    aligned_trusted_salient: np.ndarray,
+    aligned_trusted_background: np.ndarray,
+) -> np.ndarray:
     """IoU(GT of the target, pGT of the aligned instance), elementwise over pairs (see the module docstring).
 
     ``aligned_trusted_*`` are the aligned superpixels' shares of pseudo-GT trusted salient / background pixels.
@@ -103,7 +112,9 @@ def filter_candidates(labels: np.ndarray, negative_cap: int, seed: int) -> np.nd
     return np.sort(np.concatenate([positive, negative]))
 
 
-def balanced_sample(labels: np.ndarray, seed: int, positives: int = PAPER_POSITIVES, negatives: int = PAPER_NEGATIVES) -> np.ndarray:
+def balanced_sample(
+    labels: np.ndarray, seed: int, positives: int = PAPER_POSITIVES, negatives: int = PAPER_NEGATIVES
+) -> np.ndarray:
     """Indices of a random sample with at most ``positives`` positives and negatives in the paper's 30 : 50 ratio.
 
     When the data holds fewer positives than asked, the number of negatives shrinks with them (scaled to the data);
@@ -115,7 +126,9 @@ def balanced_sample(labels: np.ndarray, seed: int, positives: int = PAPER_POSITI
     negative = np.flatnonzero(~labels)
     take_pos = min(len(positive), positives)
     take_neg = min(len(negative), negatives, max(1, round(take_pos * negatives / positives)))
-    chosen = np.concatenate([rng.choice(positive, take_pos, replace=False), rng.choice(negative, take_neg, replace=False)])
+    chosen = np.concatenate(
+        [rng.choice(positive, take_pos, replace=False), rng.choice(negative, take_neg, replace=False)]
+    )
     return np.sort(chosen)
 
 
@@ -137,7 +150,7 @@ class Standardise(nn.Module):
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
 
-    def fit(self, x: torch.Tensor) -> "Standardise":
+    def fit(self, x: torch.Tensor) -> Standardise:
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
         return self
@@ -175,7 +188,17 @@ class PairFilter(nn.Module):
         return self.classifier(self.fc5(self.standardise(cf))).squeeze(-1)
 
 
-def fit_binary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, learning_rate: float, weight_decay: float, seed: int) -> None:
+def fit_binary(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+) -> None:
     """Minibatch Adam on binary cross-entropy of ``model(x)`` (logits) against ``y`` (targets in [0, 1])."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -191,7 +214,9 @@ def fit_binary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: in
     model.eval()
 
 
-def train_pair_filter(cf: np.ndarray, labels: np.ndarray, config: FilterConfig = FilterConfig(), device: str = "cpu") -> PairFilter:
+def train_pair_filter(
+    cf: np.ndarray, labels: np.ndarray, config: FilterConfig = FilterConfig(), device: str = "cpu"
+) -> PairFilter:
     """Train the filter on pair features ``cf`` (P, D) and Table I labels (P,), with the paper's balanced sampling."""
     cf = np.asarray(cf, dtype=np.float32)
     labels = np.asarray(labels, dtype=bool)
@@ -208,8 +233,16 @@ def train_pair_filter(cf: np.ndarray, labels: np.ndarray, config: FilterConfig =
     y = torch.from_numpy(labels[chosen].astype(np.float32)).to(device)
     model = PairFilter(cf.shape[1], config).to(device)
     model.standardise.fit(x)
-    fit_binary(model, x, y, epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-               weight_decay=config.weight_decay, seed=config.seed)
+    fit_binary(
+        model,
+        x,
+        y,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+    )
     return model
 
 

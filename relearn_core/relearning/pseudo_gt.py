@@ -146,8 +146,13 @@ def bilevel_pseudo_gt(
 def pseudo_gt_for(ws: Workspace, entry: ImageEntry, base_map: np.ndarray) -> PseudoGT:
     """The bi-level pseudo GT of an image for a base map, cached (keyed by the image and the map's content)."""
     params = {"aggressive": AGGRESSIVE_THETA, "conservative": CONSERVATIVE_THETA}
-    return ws.run(PSEUDO_GT_STAGE, [entry.hash, array_digest(base_map)], params,
-                  lambda: bilevel_pseudo_gt(entry.image, base_map), PseudoGT)
+    return ws.run(
+        PSEUDO_GT_STAGE,
+        [entry.hash, array_digest(base_map)],
+        params,
+        lambda: bilevel_pseudo_gt(entry.image, base_map),
+        PseudoGT,
+    )
 
 
 def crf_refine(image: np.ndarray, base_map: np.ndarray, *, max_side: int | None = 400) -> np.ndarray:
@@ -164,9 +169,7 @@ def crf_refine(image: np.ndarray, base_map: np.ndarray, *, max_side: int | None 
     tau, eps = 1.05, 1e-8
     p = np.clip(small_map.astype(np.float64), 0.0, 1.0)
     sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
-    unary = np.stack(
-        [-np.log(1.0 - p + eps) / (tau * sigmoid(1.0 - p)), -np.log(p + eps) / (tau * sigmoid(p))]
-    )
+    unary = np.stack([-np.log(1.0 - p + eps) / (tau * sigmoid(1.0 - p)), -np.log(p + eps) / (tau * sigmoid(p))])
     posterior = dense_crf_posterior(
         small_image,
         p,

@@ -72,7 +72,9 @@ def _lab(image: np.ndarray) -> np.ndarray:
 @numba.njit(cache=True, nogil=True, inline="always")
 def _log_weight(pixel_lab, x, y, colour, centroid, colour_factor, position_factor):
     """Log of a candidate superpixel's weight for one pixel: Gaussian in Lab colour and in position."""
-    colour_distance = (pixel_lab[0] - colour[0]) ** 2 + (pixel_lab[1] - colour[1]) ** 2 + (pixel_lab[2] - colour[2]) ** 2
+    colour_distance = (
+        (pixel_lab[0] - colour[0]) ** 2 + (pixel_lab[1] - colour[1]) ** 2 + (pixel_lab[2] - colour[2]) ** 2
+    )
     return -colour_factor * colour_distance - position_factor * ((x - centroid[0]) ** 2 + (y - centroid[1]) ** 2)
 
 
@@ -133,8 +135,17 @@ def spatial_weighting(
     per_label = np.bincount(pairs[:, 0], minlength=count)
     offsets = np.cumsum(per_label) - per_label
     value = _weighted_pixel_scores(
-        lab.astype(np.float64), flat, width, offsets, per_label, pairs[:, 1].copy(), mean_colour, centroids, scores,
-        1.0 / (2 * colour_sigma**2), 1.0 / (2 * (position_sigma * spacing) ** 2),
+        lab.astype(np.float64),
+        flat,
+        width,
+        offsets,
+        per_label,
+        pairs[:, 1].copy(),
+        mean_colour,
+        centroids,
+        scores,
+        1.0 / (2 * colour_sigma**2),
+        1.0 / (2 * (position_sigma * spacing) ** 2),
     )
     return value.reshape(height, width).astype(np.float32)
 
