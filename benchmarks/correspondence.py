@@ -32,15 +32,9 @@ from relearn_core.cache import Cache
 from relearn_core.config import CorrespondenceParams
 from relearn_core.correspondence.regions import superpixels_for
 from relearn_core.correspondence.retrieval import RetrievalIndex, descriptors_for
-from relearn_core.imageio import (
-    atomic_write_bytes,
-    images_in,
-    list_by_stem,
-    read_entry,
-    read_mask,
-)
+from relearn_core.imageio import atomic_write_bytes, images_in, list_by_stem, read_mask
 from relearn_core.pipeline import Pool, correspondences
-from relearn_core.records import Superpixels
+from relearn_core.records import Superpixels, read_entry
 from relearn_core.workspace import Workspace
 
 

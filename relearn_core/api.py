@@ -30,9 +30,9 @@ from .config import RelearnConfig
 from .correspondence.retrieval import RetrievalIndex
 from .errors import InputError, RelearnError
 from .executors import one_torch_thread
-from .imageio import read_entry, read_mask
+from .imageio import read_mask
 from .pipeline import Pool, prepare_image, relearn_image, training_image
-from .records import ImageEntry, WrapOutcome
+from .records import ImageEntry, WrapOutcome, read_entry
 from .training import Progress, fit, negative_cap
 from .workspace import Timings, Workspace
 

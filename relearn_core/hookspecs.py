@@ -56,6 +56,9 @@ class BackboneInfo:
     description: str
     channels: tuple[int, ...]  #: channels of each feature map returned, coarsest last
     needs_weights: str = ""  #: where its weights come from, shown to the user; empty when none are needed
+    #: the adapter whose maps are this backbone's own saliency, for a backbone that is a saliency network: what a
+    #: re-learner with it must beat beyond averaging (benchmarks/relearn_cv.py's ``ensemble``)
+    saliency_adapter: str = ""
 
 
 @hookspec

@@ -15,13 +15,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
-from .records import ImageEntry
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MIN_SIDE = 32  #: the smallest image side the correspondence stages work with (one SIFT descriptor's support)
 
 
 def list_by_stem(folder: str | os.PathLike, suffix: str = "") -> dict[str, Path]:
@@ -83,18 +81,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if array.ndim != 3 or min(array.shape[:2]) < 1:
         raise InputError(path, f"unexpected image shape {array.shape}")
     return array
-
-
-def read_entry(path: str | os.PathLike) -> ImageEntry:
-    """An input image of the pipeline (its pixels read, checked and kept, its content hashed). Raises InputError
-    naming the file when it cannot be read or is smaller than ``MIN_SIDE`` px a side."""
-    path = Path(path)
-    image = read_image(path)
-    if min(image.shape[:2]) < MIN_SIDE:
-        raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} px; needs at least {MIN_SIDE} px a side")
-    entry = ImageEntry(path.stem, path, content_hash(path))
-    entry.__dict__["image"] = image  # read once: the entry's lazy pixels are these
-    return entry
 
 
 def _to_grey_float(path: Path, image: Image.Image) -> np.ndarray:

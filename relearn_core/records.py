@@ -7,11 +7,17 @@ entry holds (relearn_core/workspace.py), and a record read back equals the recor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from .errors import InputError
+from .imageio import content_hash, read_image
+
+MIN_SIDE = 32  #: the smallest image side the correspondence stages work with (one SIFT descriptor's support)
 
 
 @dataclass(frozen=True)
@@ -25,12 +31,22 @@ class ImageEntry:
 
     @cached_property
     def image(self) -> np.ndarray:
-        from .imageio import read_image
-
         return read_image(self.path)
 
     def __getstate__(self) -> dict:
         return {key: value for key, value in self.__dict__.items() if key != "image"}
+
+
+def read_entry(path: str | os.PathLike) -> ImageEntry:
+    """An input image of the pipeline (its pixels read, checked and kept, its content hashed). Raises InputError
+    naming the file when it cannot be read or is smaller than ``MIN_SIDE`` px a side."""
+    path = Path(path)
+    image = read_image(path)
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} px; needs at least {MIN_SIDE} px a side")
+    entry = ImageEntry(path.stem, path, content_hash(path))
+    entry.__dict__["image"] = image  # read once: the entry's lazy pixels are these
+    return entry
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from relearn_core.correspondence.flow import SiftFlowParams
 from relearn_core.correspondence.regions import superpixels_for
 from relearn_core.correspondence.retrieval import RetrievalIndex, descriptors_for
 from relearn_core.errors import InputError
-from relearn_core.imageio import images_in, read_entry
+from relearn_core.imageio import images_in
 from relearn_core.pipeline import Pool, correspondences
+from relearn_core.records import read_entry
 from relearn_core.workspace import Workspace
 
 # small everything, so that a full run takes seconds: the stages are the real ones

@@ -121,6 +121,20 @@ def run_wrap(
     )
 
 
+def cli_wrap(tiny, checkpoint, out, *extra):
+    wrap_args = [
+        "--base",
+        "dss",
+        "--maps",
+        str(tiny / "maps"),
+        "--model",
+        str(checkpoint),
+        "--images",
+        str(tiny / "images"),
+    ]
+    return CliRunner().invoke(main, ["wrap", *wrap_args, "--out", str(out), *extra])
+
+
 @pytest.fixture(scope="session")
 def wrapped(tiny, trained, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ours")
@@ -165,23 +179,7 @@ def test_cli_wrap_resumes_and_skips_existing_maps(tiny, trained, wrapped, cache_
     (copy / f"{STEMS[2]}.png").unlink()
     kept = copy / f"{STEMS[0]}.png"
     os.utime(kept, (1, 1))
-    result = CliRunner().invoke(
-        main,
-        [
-            "wrap",
-            "--base",
-            "dss",
-            "--maps",
-            str(tiny / "maps"),
-            "--model",
-            str(trained[0]),
-            "--images",
-            str(tiny / "images"),
-            "--out",
-            str(copy),
-            "-q",
-        ],
-    )
+    result = cli_wrap(tiny, trained[0], copy, "-q")
     assert result.exit_code == 0, result.output
     assert "wrote 1 maps" in result.output and f"{len(STEMS) - 1} were already there" in result.output
     assert kept.stat().st_mtime == 1
@@ -295,22 +293,7 @@ def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(
 
 
 def test_output_folder_may_not_be_an_input_folder(tiny, trained):
-    result = CliRunner().invoke(
-        main,
-        [
-            "wrap",
-            "--base",
-            "dss",
-            "--maps",
-            str(tiny / "maps"),
-            "--model",
-            str(trained[0]),
-            "--images",
-            str(tiny / "images"),
-            "--out",
-            str(tiny / "images"),
-        ],
-    )
+    result = cli_wrap(tiny, trained[0], tiny / "images")
     assert result.exit_code == 2 and "must not be an input folder" in result.output
 
 

@@ -437,24 +437,7 @@ def test_registry_is_inside_a_built_wheel(tmp_path):
     for package in ("relearn_core", "adapters"):
         shutil.copytree(REPO / package, source / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "target"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    pip_install_target(source, target)
     check = (
         "from relearn_core.registry import builtin_registry_path, load_registry\n"
         "path = builtin_registry_path()\n"

@@ -85,3 +85,26 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
     path.write_bytes(b"not an onnx model \x00\xff\x12")
     with pytest.raises(InputError, match="not a loadable ONNX model"):
         u2netp_network.load_u2netp(path)
+
+
+def test_the_u2netp_backbone_carries_u2netps_own_saliency_and_joins_other_backbones(sod_dir):
+    """The backbone the u2netp adapter offers: 398 values per superpixel, whose pooled fused logit follows the
+    adapter's own map, and ``u2netp+handcrafted`` is the two side by side."""
+    from relearn_core import plugins
+    from relearn_core.correspondence.regions import superpixels
+    from relearn_core.relearning.features import feature_length, superpixel_features
+    from relearn_core.relearning.saliency import logit, superpixel_means
+
+    torch.set_num_threads(1)
+    image = read_image(sod_dir / "images" / "100075.jpg")
+    regions = superpixels(image, 200)
+    info = plugins.get_backbone("u2netp").info
+    assert info.saliency_adapter == "u2netp" and feature_length("u2netp") == 2 * sum(info.channels) == 398
+    (own,) = superpixel_features([image], [regions], "u2netp")
+    assert own.values.shape == (regions.count, 398) and np.isfinite(own.values).all()
+    fused_logit = own.values[:, 0]  # level 1 is the side-output logits, d0 first; its superpixel mean first
+    saliency = superpixel_means(u2netp.predict([image])[0], regions)
+    assert np.corrcoef(fused_logit, logit(saliency))[0, 1] > 0.9
+    (joined,) = superpixel_features([image], [regions], "u2netp+handcrafted")
+    (handcrafted,) = superpixel_features([image], [regions], "handcrafted")
+    np.testing.assert_array_equal(joined.values, np.concatenate([own.values, handcrafted.values], 1))

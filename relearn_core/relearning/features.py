@@ -45,9 +45,14 @@ FEATURE_STAGE = Stage("features", 1, keep_in_memory=True)
 CUES = 5  #: saliency cues appended to each superpixel's backbone feature (see ``saliency_cues``)
 
 
+def backbone_parts(backbone: str) -> list[str]:
+    """The backbones a name joins with ``+`` (``"u2netp+vgg16-hed"``: both, their features side by side)."""
+    return [part.strip() for part in backbone.split("+")]
+
+
 def feature_length(backbone: str) -> int:
-    """F, the length of one superpixel's feature vector with this backbone."""
-    return 2 * sum(plugins.get_backbone(backbone).info.channels)
+    """F, the length of one superpixel's feature vector with this backbone (or joined backbones)."""
+    return sum(2 * sum(plugins.get_backbone(part).info.channels) for part in backbone_parts(backbone))
 
 
 def _cell_index(size: int, cells: int, device) -> torch.Tensor:
@@ -171,7 +176,14 @@ def superpixel_features(
     long_side: int | None = BACKBONE_LONG_SIDE,
     surround_scale: float = SURROUND_SCALE,
 ) -> list[SuperpixelFeatures]:
-    """Features of every superpixel of each image (RGB uint8), one backbone pass per group of same-size images."""
+    """Features of every superpixel of each image (RGB uint8), one backbone pass per group of same-size images;
+    joined backbones (``a+b``) give each one's features side by side."""
+    if "+" in backbone:
+        parts = [
+            superpixel_features(images, superpixels, part, device, long_side, surround_scale)
+            for part in backbone_parts(backbone)
+        ]
+        return [SuperpixelFeatures(np.concatenate([p.values for p in found], 1)) for found in zip(*parts)]
     if len(images) != len(superpixels):
         raise RelearnError(f"{len(images)} images but {len(superpixels)} superpixel maps")
     for image, regions in zip(images, superpixels):
@@ -199,7 +211,11 @@ def superpixel_features(
 def features_for(
     ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str = DEFAULT_BACKBONE
 ) -> SuperpixelFeatures:
-    """The features of the image's superpixels, cached (keyed by the image and its superpixels' content)."""
+    """The features of the image's superpixels, cached (keyed by the image and its superpixels' content; joined
+    backbones as their parts)."""
+    if "+" in backbone:
+        parts = [features_for(ws, entry, superpixels, part).values for part in backbone_parts(backbone)]
+        return SuperpixelFeatures(np.concatenate(parts, 1))
     params = {"backbone": backbone, "superpixels": superpixels.count}
     return ws.run(
         FEATURE_STAGE,

@@ -45,9 +45,8 @@ class JointConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-3
     error_clamp: tuple[float, float] = (0.02, 0.48)
-    validation_share: float = (
-        0.2  #: share of training images held out to choose the epoch (0: train on all, keep the last)
-    )
+    #: share of training images held out to choose the epoch (0: train on all, keep the last)
+    validation_share: float = 0.2
     seed: int = 0
 
 
