@@ -531,10 +531,20 @@ def _labelled(images_dir: Path, gt_dir: Path) -> tuple[list[Path], dict[Path, Pa
 @main.command("train")
 @base_options
 @click.option(
-    "--images", "images_dir", required=True, type=click.Path(path_type=Path), help="Folder of training images."
+    "--images",
+    "images_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of training images (repeatable: several datasets, each with its --gt, in the same order).",
 )
 @click.option(
-    "--gt", "gt_dir", required=True, type=click.Path(path_type=Path), help="Folder of their masks (same stems)."
+    "--gt",
+    "gt_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of the masks of the --images folder at the same place (same stems).",
 )
 @click.option(
     "--pool",
@@ -567,9 +577,10 @@ def _labelled(images_dir: Path, gt_dir: Path) -> tuple[list[Path], dict[Path, Pa
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @reports_errors
 def train_command(
-    base, images_dir, gt_dir, pools, out_path, backbone, config_path, no_cache, executor, executor_workers, quiet
+    base, images_dirs, gt_dirs, pools, out_path, backbone, config_path, no_cache, executor, executor_workers, quiet
 ):
-    """Train a re-learner for a base model on labelled images; write one checkpoint file."""
+    """Train a re-learner for a base model on labelled images (one or several datasets: their union, each picture
+    once); write one checkpoint file."""
     import yaml
 
     from .api import train
@@ -589,7 +600,14 @@ def train_command(
     if backbone:
         config = config.with_overrides({"backbone": backbone})
     device = resolve_device(base.device)
-    images, masks = _labelled(images_dir, gt_dir)
+    if len(images_dirs) != len(gt_dirs):
+        raise RelearnError(f"{len(images_dirs)} --images folders but {len(gt_dirs)} --gt folders: give one --gt for "
+                           "each --images, in the same order")
+    images, masks = [], {}
+    for images_dir, gt_dir in zip(images_dirs, gt_dirs):
+        found, matched = _labelled(images_dir, gt_dir)
+        images += found
+        masks.update(matched)
     progress = StageProgress(quiet)
     try:
         report = train(

@@ -432,3 +432,45 @@ def test_processes_and_a_two_worker_ray_give_the_same_re_learner_and_maps(
         assert (tmp_path / "out" / f"{stem}.png").read_bytes() == (wrapped[0] / f"{stem}.png").read_bytes()
     # the stage times of the work done in the workers reach the caller
     assert report.timings.stages["flow"].computed > 0
+
+
+def test_training_on_several_datasets_uses_each_picture_once(tiny, config, cache_dir, tmp_path):
+    """A second dataset holding a re-encoded, rotated copy of a first-dataset image: the copy is left out, listed."""
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    (other / "gt").mkdir()
+    Image.open(tiny / "images" / f"{STEMS[0]}.png").rotate(90, expand=True).save(
+        other / "images" / "copy.jpg", quality=90
+    )
+    Image.open(tiny / "gt" / f"{STEMS[0]}.png").rotate(90, expand=True).save(other / "gt" / "copy.png")
+    first, first_masks = labelled(tiny, tiny / "gt")
+    report = train(
+        [*first, other / "images" / "copy.jpg"],
+        {**first_masks, other / "images" / "copy.jpg": other / "gt" / "copy.png"},
+        "dss",
+        options={"maps": [str(tiny / "maps"), str(other)]},
+        config=config,
+        workspace=Workspace(Cache(cache_dir)),
+    )
+    assert report.duplicates == [str(other / "images" / "copy.jpg")]
+    assert report.relearner.summary["targets"] == len(STEMS)
+    # the command line pairs each --images with its --gt, and says so when they do not pair
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--base",
+            "dss",
+            "--maps",
+            str(tiny / "maps"),
+            "--images",
+            str(tiny / "images"),
+            "--images",
+            str(other / "images"),
+            "--gt",
+            str(tiny / "gt"),
+            "--out",
+            str(tmp_path / "m.pt"),
+        ],
+    )
+    assert result.exit_code == 2 and "2 --images folders but 1 --gt folders" in result.output
