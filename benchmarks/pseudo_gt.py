@@ -37,7 +37,6 @@ from relearn_core.imageio import (
     read_map,
     read_mask,
 )
-from relearn_core.records import PseudoGT
 from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt, crf_refine
 from relearn_core.relearning.saliency import (
     join_with_base,
@@ -66,14 +65,13 @@ def measure_image(paths: tuple[str, str, str]) -> dict:
     regions = _timed(seconds, "superpixels (regions stage)", superpixels, image)
     truth = superpixel_means(gt.astype(np.float64), regions)
     _timed(seconds, "spatial_weighting", spatial_weighting, image, regions, truth)
-    oracle_unsure = _timed(seconds, "join_with_base", join_with_base, image, base, regions, truth, pseudo)
-    everywhere = PseudoGT(np.zeros_like(gt), np.zeros_like(gt))
+    oracle_unsure = _timed(seconds, "join_with_base", join_with_base, image, base, regions, truth, pseudo.unsure)
     maps = {
         "base": base,
         "base_crf": refined,
         "base_painted": paint(regions, superpixel_means(base, regions)),
         "oracle_join_unsure": oracle_unsure,
-        "oracle_join_everywhere": join_with_base(image, base, regions, truth, everywhere),
+        "oracle_join_everywhere": join_with_base(image, base, regions, truth),
     }
     unsure = pseudo.unsure
     base_error = (base > 0.5) != gt

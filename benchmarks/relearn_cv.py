@@ -39,15 +39,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from relearn_core import __version__
-from relearn_core.api import predict, train, wrap
+from relearn_core.api import RunReport, copies, knowledge_adapter, predict, read_entries, train, wrap
 from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
 from relearn_core.config import RelearnConfig
 from relearn_core.evaluation.evaluate import SCORE_KEYS
 from relearn_core.evaluation.metrics import SaliencyMetrics
-from relearn_core.evaluation.protocol import COMPONENTS, FULL, folds_of
+from relearn_core.evaluation.protocol import BEYOND, COMPONENTS, FULL, component, folds_of
 from relearn_core.executors import make_executor
 from relearn_core.imageio import (
     atomic_write_bytes,
@@ -139,6 +140,8 @@ def run(args) -> dict:
     config = RelearnConfig()
     if args.fast:
         config = config.with_overrides(FAST)
+    for path in args.config:
+        config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
     config = config.with_overrides({"backbone": args.backbone})
 
     images = list_by_stem(data / "images")
@@ -157,8 +160,22 @@ def run(args) -> dict:
     extra = [path for path in extra if path in base_maps]
     gts = {images[i]: read_mask(masks[i]) for i in ids}
     fold = dict(zip(ids, folds_of(len(ids), args.folds, args.seed)))
+    # labelled datasets added to every fold's training set (never a copy of one of the fold's held images)
+    extra_train = {}
+    for folder in args.extra_train:
+        found, extra_masks = images_in(folder / "images"), list_by_stem(folder / "gt")
+        extra_train.update({path: read_mask(extra_masks[stem]) for stem, path in found.items() if stem in extra_masks})
+    extra_entries = read_entries(list(extra_train), RunReport())
+    # the backbone's own saliency map (U2-Net-p's for the u2netp backbone): the mean of X and it is what a re-learner
+    # with that knowledge must beat beyond averaging
+    knowledge = knowledge_adapter(config.with_overrides({"join": "fused"}))
+    knowledge_maps = {}
+    if knowledge:
+        for path, outcome in predict([images[i] for i in ids], knowledge, workspace=ws):
+            knowledge_maps[path] = outcome
     # the full method first in each fold, so that its held images are new to the cache's memory
-    variants = [c for c in (*COMPONENTS[-1:], *COMPONENTS[:-1]) if args.ablation or c.name == FULL]
+    wanted = set(args.components) | ({c.name for c in COMPONENTS} if args.ablation else set())
+    variants = [component(FULL)] + [c for c in (*COMPONENTS[:-1], *BEYOND) if c.name in wanted]
 
     scorers = defaultdict(Scorer)
     stage_seconds: dict[str, float] = defaultdict(float)
@@ -172,7 +189,11 @@ def run(args) -> dict:
     training = {}
     for k in range(args.folds):
         held = [images[i] for i in ids if fold[i] == k]
-        train_images = [images[i] for i in ids if fold[i] != k]
+        held_entries = read_entries(held, RunReport())
+        copies_of_held = copies(extra_entries, held_entries)
+        more = [entry.path for entry, copy in zip(extra_entries, copies_of_held) if not copy]
+        train_images = [images[i] for i in ids if fold[i] != k] + more
+        train_gt = {**{path: gts[path] for path in train_images if path in gts}, **extra_train}
         print(f"fold {k}: train {len(train_images)}, held {len(held)}", file=sys.stderr, flush=True)
         for variant in variants:
             name = variant.name
@@ -190,7 +211,7 @@ def run(args) -> dict:
             )
             trained = train(
                 train_images,
-                {path: gts[path] for path in train_images},
+                {path: train_gt[path] for path in train_images},
                 adapter,
                 pools=pools,
                 options=options,
@@ -203,7 +224,15 @@ def run(args) -> dict:
                 {"fold": k, "seconds": time.perf_counter() - start, **relearner.summary}
             )
             start = time.perf_counter()
-            report = wrap(held, relearner, adapter, pools=[train_images, *pools], options=options, workspace=ws)
+            report = wrap(
+                held,
+                relearner,
+                adapter,
+                pools=[train_images, *pools],
+                options=options,
+                workspace=ws,
+                pool_ground_truth=train_gt,
+            )
             wall = time.perf_counter() - start
             outcomes = {outcome.entry.path: outcome for outcome in report.outcomes}
             for path in held:
@@ -224,6 +253,8 @@ def run(args) -> dict:
                 refined = crf_refine(read_image(path), base_map)
                 stage_seconds["base_crf (the anchor, not part of wrap)"] += time.perf_counter() - start
                 scorers["base_crf"].step(k, refined, gt)
+                if knowledge:
+                    scorers["ensemble"].step(k, (base_map + knowledge_maps[path]) / 2, gt)
     per_image = {stage: total / max(wrapped, 1) for stage, total in stage_seconds.items()}
     wrap_total = sum(v for stage, v in per_image.items() if not stage.startswith("base"))
 
@@ -244,12 +275,25 @@ def run(args) -> dict:
         "base_failures": failures,
         "base": scorers["base"].scores(),
         "base_crf": scorers["base_crf"].scores(),
+        "knowledge": knowledge,
+        "ensemble": scorers["ensemble"].scores() if knowledge else None,
+        "extra_train": [str(p) for p in args.extra_train],
+        "extra_train_images": len(extra_entries),
         "ours": scorers[FULL].scores(),
         "relearned_images": relearned_images,
         "changed_pixels": changed.results(),
         "fold_spread": {
             "ours_minus_base": {key: spread(scorers[FULL], scorers["base"], key) for key in ("max_f", "mae")},
             "ours_minus_base_crf": {key: spread(scorers[FULL], scorers["base_crf"], key) for key in ("max_f", "mae")},
+            **(
+                {
+                    "ours_minus_ensemble": {
+                        key: spread(scorers[FULL], scorers["ensemble"], key) for key in ("max_f", "mae")
+                    }
+                }
+                if knowledge
+                else {}
+            ),
         },
         "ablation": {"C1": scorers["base"].scores(), **{v.name: scorers[v.name].scores() for v in variants}},
         "training": training,
@@ -265,26 +309,35 @@ def run(args) -> dict:
     return result
 
 
-def markdown(result: dict) -> str:
-    lines = [
-        f"# relearn k-fold CV: base {result['base_model']} on {result['data']}",
-        "",
-        f"{result['images']} images, {result['folds']} folds (seed {result['seed']}), backbone {result['backbone']}, "
-        f"extra pool images {result['pool_images_used']}{', FAST correspondence settings' if result['fast'] else ''}; "
-        f"machine: {result['machine']}. Images changed by the re-learner: {result['relearned_images']}; "
-        f"pixels changed: {100 * result['changed_pixels']['share']:.2f} %, where their MAE goes from "
-        f"{result['changed_pixels']['base_mae']:.4f} (X) to {result['changed_pixels']['ours_mae']:.4f} (Our(X)).",
-        "",
-        "| method | max F | MAE | mean F | S-measure | max E |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows = [("X (base)", result["base"]), ("X + CRF", result["base_crf"]), ("Our(X)", result["ours"])]
-    rows += [(f"ablation {k}", v) for k, v in result["ablation"].items() if k != "C1"]
+def markdown_rows(result: dict) -> list[str]:
+    """The table of scores: X, X + CRF, the ensemble, Our(X) and the ablation's variants."""
+    rows = [("X (base)", result["base"]), ("X + CRF", result["base_crf"])]
+    if result["ensemble"]:
+        rows.append((f"ensemble: mean of X and {result['knowledge']}", result["ensemble"]))
+    rows.append(("Our(X)", result["ours"]))
+    rows += [(f"ablation {k}", v) for k, v in result.get("ablation", {}).items() if k not in ("C1", FULL)]
+    lines = ["| method | max F | MAE | mean F | S-measure | max E |", "|---|---|---|---|---|---|"]
     for label, s in rows:
         lines.append(
             f"| {label} | {s['max_f']:.4f} | {s['mae']:.4f} | {s['mean_f']:.4f} | {s['s_measure']:.4f} | "
             f"{s['max_e']:.4f} |"
         )
+    return lines
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# relearn k-fold CV: base {result['base_model']} on {result['data']}",
+        "",
+        f"{result['images']} images, {result['folds']} folds (seed {result['seed']}), backbone {result['backbone']}, "
+        f"extra pool images {result['pool_images_used']}, extra training images {result['extra_train_images']}"
+        f"{', FAST correspondence settings' if result['fast'] else ''}; "
+        f"machine: {result['machine']}. Images the re-learner corrected: {result['relearned_images']}; "
+        f"pixels changed: {100 * result['changed_pixels']['share']:.2f} %, where their MAE goes from "
+        f"{result['changed_pixels']['base_mae']:.4f} (X) to {result['changed_pixels']['ours_mae']:.4f} (Our(X)).",
+        "",
+        *markdown_rows(result),
+    ]
     lines += ["", "Per-fold differences (mean ± std, [min, max]):", ""]
     for name, block in result["fold_spread"].items():
         for key, d in block.items():
@@ -309,6 +362,28 @@ def main(argv=None) -> int:
         "--pool", action="append", default=[], type=Path, help="extra unlabelled pool folder (repeatable)"
     )
     parser.add_argument("--backbone", default="handcrafted")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        type=Path,
+        help="YAML overrides of the re-learner's configuration (repeatable, applied in order)",
+    )
+    parser.add_argument(
+        "--extra-train",
+        action="append",
+        default=[],
+        type=Path,
+        help="a labelled dataset (images/, gt/) added to every fold's training set (repeatable); "
+        "copies of the fold's held images are left out",
+    )
+    parser.add_argument(
+        "--components",
+        action="append",
+        default=[],
+        help="an ablation variant to run besides the full method (repeatable): C2..C5, "
+        "'paper join', 'no correspondence', 'label transfer'",
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N sorted ids (quick check)")

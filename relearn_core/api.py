@@ -33,7 +33,9 @@ from .executors import one_torch_thread
 from .imageio import read_mask
 from .pipeline import Pool, prepare_image, relearn_image, training_image
 from .records import ImageEntry, WrapOutcome, read_entry
-from .training import Progress, fit, negative_cap
+from .relearning.features import backbone_parts
+from .relearning.saliency import fuse
+from .training import IDENTITY_FUSION, Progress, fit, fit_fusion, held_out_images, negative_cap
 from .workspace import Timings, Workspace
 
 ImagePath = str | os.PathLike
@@ -186,6 +188,49 @@ def predict(
         yield from base_maps(ws, _adapter(base), images, options, batch_size)
 
 
+def knowledge_adapter(config: RelearnConfig) -> str:
+    """The adapter whose maps are the backbone's own saliency (the first of joined backbones that has one), fused with
+    the base's maps by join "fused"; "" when the join is the paper's or the backbone is no saliency network."""
+    if config.join != "fused":
+        return ""
+    for part in backbone_parts(config.backbone):
+        found = plugins.get_backbone(part).info.saliency_adapter
+        if found:
+            return found
+    return ""
+
+
+def _knowledge_maps(
+    ws: Workspace,
+    adapter: plugins.Adapter,
+    knowledge: str,
+    entries: list[ImageEntry],
+    maps: Mapping[str, np.ndarray],
+    report: RunReport,
+    progress: Progress,
+) -> dict[str, np.ndarray]:
+    """The knowledge adapter's maps of the entries by content hash (the base's own when they are one adapter)."""
+    if not knowledge:
+        return {}
+    if knowledge == adapter.name:
+        return {entry.hash: maps[entry.hash] for entry in entries}
+    return _base_maps(
+        ws,
+        plugins.get_adapter(knowledge),
+        entries,
+        None,
+        report,
+        lambda stage, done, total: progress("knowledge maps", done, total),
+    )
+
+
+def _start_maps(entries: list[ImageEntry], maps, knowledge_maps, fusion) -> dict[str, np.ndarray]:
+    """The maps the re-learner corrects: the base's, fused with the knowledge maps (identity fusion: the base's)."""
+    if fusion == IDENTITY_FUSION:
+        return {entry.hash: maps[entry.hash] for entry in entries}
+    return {entry.hash: fuse(maps[entry.hash], knowledge_maps.get(entry.hash), fusion) for entry in entries}
+
+
 def train(
     images: Sequence[ImagePath],
     ground_truth: Mapping[ImagePath, ImagePath | np.ndarray],
@@ -203,7 +248,7 @@ def train(
         or a re-encoded, resized or rotated copy) is used once, the first time.
     :param ground_truth: image path -> its mask (a file, or a bool array); images without one serve in the pool only.
     :param pools: further images (unlabelled) for the pool; the training images are always in it. Pool images get
-        base maps and pseudo-GT, never ground truth.
+        base maps and pseudo-GT, never ground truth (with ``label_transfer``, labelled training images lend theirs).
     """
     adapter = _adapter(base)
     ws = workspace or Workspace()
@@ -224,15 +269,27 @@ def train(
             targets.append((entry, _mask(masks[entry.path], entry)))
         if not targets:
             raise RelearnError(f"none of the {len(entries)} training images has both a base map and ground truth")
+        knowledge = knowledge_adapter(config)
+        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, report, progress)
+        targets = [(entry, gt) for entry, gt in targets if not knowledge or entry.hash in knowledge_maps]
+        held = held_out_images(len(targets), config)
+        fusion = IDENTITY_FUSION
+        if config.join == "fused":
+            fusion = fit_fusion(
+                [(maps[e.hash], knowledge_maps.get(e.hash), gt) for (e, gt), out in zip(targets, held) if not out]
+            )
+        start = _start_maps([e for e, _ in targets], maps, knowledge_maps, fusion)
         pool = prepare_pool(ws, pool_entries, maps, config, progress)
+        if config.label_transfer:
+            pool.ground_truth = {entry.hash: gt for entry, gt in targets}
         report.pool_size = len(pool.entries)
         work = functools.partial(training_image, ws, config, pool, negative_cap(config, len(targets)))
         found = []
-        items = [(number, entry, maps[entry.hash], gt) for number, (entry, gt) in enumerate(targets, 1)]
+        items = [(number, e, maps[e.hash], start[e.hash], gt) for number, (e, gt) in enumerate(targets, 1)]
         for done, image in enumerate(ws.map(work, items), 1):
             found.append(image)
             progress("pairs", done, len(items))
-        report.relearner = fit(adapter.name, found, config, ws.device, progress)
+        report.relearner = fit(adapter.name, found, held, config, ws.device, progress, knowledge, fusion)
     report.timings = timings
     return report
 
@@ -255,6 +312,7 @@ def wrap(
     base: str | plugins.Adapter,
     *,
     pools: Sequence[Sequence[ImagePath]] = (),
+    pool_ground_truth: Mapping[ImagePath, ImagePath | np.ndarray] | None = None,
     options: Mapping | None = None,
     workspace: Workspace | None = None,
     progress: Progress | None = None,
@@ -264,8 +322,9 @@ def wrap(
     kept in the report's ``outcomes``).
 
     Without ``pools`` the images themselves are the pool (an image is never its own neighbour). An image with no usable
-    neighbour keeps its base map, and so do all images when the re-learner keeps the base
-    (``Relearner.keeps_base``: then nothing beyond the base runs).
+    neighbour keeps the map before correction (the base's, or the fused map), and so do all images when training chose
+    no correction (``Relearner.corrects`` False: then no pool or correspondence is needed). ``pool_ground_truth``
+    (pool image -> mask) is what labelled pool images lend a re-learner trained with ``label_transfer``.
     """
     adapter = _adapter(base)
     if relearner.base != adapter.name:
@@ -276,22 +335,29 @@ def wrap(
     write = write or report.outcomes.append
     with one_torch_thread(), ws.measure() as timings:
         entries = read_entries(images, report)
-        if relearner.keeps_base:  # its held-out training images chose the base: no pool or correspondence is needed
-            maps = _base_maps(ws, adapter, entries, options, report, progress)
-            outcomes: Iterable[WrapOutcome] = (WrapOutcome(e, maps[e.hash], False) for e in entries if e.hash in maps)
-        else:
+        pool_entries = []
+        if relearner.corrects:
             pool_entries = _unique(read_entries([p for pool in pools for p in pool], report)) if pools else entries
-            maps = _base_maps(ws, adapter, _unique(entries + pool_entries), options, report, progress)
+        maps = _base_maps(ws, adapter, _unique(entries + pool_entries), options, report, progress)
+        targets = [entry for entry in entries if entry.hash in maps]
+        knowledge_maps = _knowledge_maps(ws, adapter, relearner.knowledge, targets, maps, report, progress)
+        targets = [entry for entry in targets if not relearner.knowledge or entry.hash in knowledge_maps]
+        start = _start_maps(targets, maps, knowledge_maps, relearner.fusion)
+        if relearner.corrects:
             pool = prepare_pool(ws, pool_entries, maps, relearner.config, progress)
+            if relearner.config.label_transfer and pool_ground_truth:
+                by_path = {Path(path): mask for path, mask in pool_ground_truth.items()}
+                pool.ground_truth = {e.hash: _mask(by_path[e.path], e) for e in pool.entries if e.path in by_path}
             report.pool_size = len(pool.entries)
-            targets = [(entry, maps[entry.hash]) for entry in entries if entry.hash in maps]
-            outcomes = ws.map(functools.partial(relearn_image, ws, relearner, pool), targets)
-        total = sum(entry.hash in maps for entry in entries)
+            items = [(entry, maps[entry.hash], start[entry.hash]) for entry in targets]
+            outcomes: Iterable[WrapOutcome] = ws.map(functools.partial(relearn_image, ws, relearner, pool), items)
+        else:
+            outcomes = (WrapOutcome(entry, start[entry.hash], False) for entry in targets)
         for done, outcome in enumerate(outcomes, 1):
             write(outcome)
             report.written.append(outcome.entry.name)
             if not outcome.relearned:
                 report.kept_base.append(outcome.entry.name)
-            progress("wrap", done, total)
+            progress("wrap", done, len(targets))
     report.timings = timings
     return report

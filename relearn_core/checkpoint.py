@@ -17,7 +17,7 @@ from .imageio import atomic_write_bytes
 from .relearning.joint import JointRelearner
 from .relearning.pair_filter import PairFilter, filter_decisions
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
 
@@ -31,12 +31,23 @@ class Relearner:
     joint: JointRelearner
     pair_features: int
     summary: dict = field(default_factory=dict)  #: counts from training (images, pairs, positives, ...)
+    #: the adapter whose maps are the backbone's own saliency, fused with the base's (join "fused"); "" for none
+    knowledge: str = ""
+    #: (a, b, c) of the fused map sigmoid(a logit(base) + b logit(knowledge) + c), learned on the training images;
+    #: (1, 0, 0) is the base itself
+    fusion: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    shrink: float = 1.0  #: the share of the correction's logit applied, chosen on held-out training images
+
+    @property
+    def corrects(self) -> bool:
+        """False when training chose epoch 0: no epoch made the held-out training images' maps better than the map
+        before correction (the base, or the fused map), which is then written as it is, without correspondences."""
+        return self.summary.get("held_out", {}).get("epoch") != 0
 
     @property
     def keeps_base(self) -> bool:
-        """True when training chose epoch 0: no epoch made the held-out training images' maps better than the base's,
-        so the re-learner leaves every map as the base made it."""
-        return self.summary.get("held_out_mae", {}).get("epoch") == 0
+        """True when the re-learner writes every map as the base made it: no correction, no fusion."""
+        return not self.corrects and self.fusion == (1.0, 0.0, 0.0)
 
     def keep(self, cf: np.ndarray, valid: np.ndarray, device: str) -> np.ndarray:
         """delta of Eq. (6) for every pair (N, M) of pair features ``cf``: the filter's decision on valid pairs."""
@@ -56,6 +67,9 @@ def save_checkpoint(relearner: Relearner, path: str | os.PathLike) -> None:
         "config": relearner.config.to_dict(),
         "pair_features": relearner.pair_features,
         "summary": relearner.summary,
+        "knowledge": relearner.knowledge,
+        "fusion": list(relearner.fusion),
+        "shrink": relearner.shrink,
         "filter": None if relearner.pair_filter is None else relearner.pair_filter.state_dict(),
         "joint": relearner.joint.state_dict(),
     }
@@ -79,7 +93,9 @@ def load_checkpoint(path: str | os.PathLike, base: str | None = None, device: st
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise InputError(path, f"not a relearn checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not a relearn checkpoint of format {CHECKPOINT_FORMAT}")
+        raise InputError(
+            path, f"not a relearn checkpoint of format {CHECKPOINT_FORMAT}: train it again with relearn {__version__}"
+        )
     if base is not None and payload["base"] != base:
         raise InputError(
             path,
@@ -101,7 +117,17 @@ def load_checkpoint(path: str | os.PathLike, base: str | None = None, device: st
     joint = JointRelearner(payload["pair_features"], config.joint)
     joint.load_state_dict(payload["joint"])
     joint.eval()
-    return Relearner(payload["base"], config, pair_filter, joint, payload["pair_features"], payload["summary"])
+    return Relearner(
+        payload["base"],
+        config,
+        pair_filter,
+        joint,
+        payload["pair_features"],
+        payload["summary"],
+        payload["knowledge"],
+        tuple(payload["fusion"]),
+        payload["shrink"],
+    )
 
 
 def relearn_home() -> Path:

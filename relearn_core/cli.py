@@ -601,8 +601,10 @@ def train_command(
         config = config.with_overrides({"backbone": backbone})
     device = resolve_device(base.device)
     if len(images_dirs) != len(gt_dirs):
-        raise RelearnError(f"{len(images_dirs)} --images folders but {len(gt_dirs)} --gt folders: give one --gt for "
-                           "each --images, in the same order")
+        raise RelearnError(
+            f"{len(images_dirs)} --images folders but {len(gt_dirs)} --gt folders: give one --gt for "
+            "each --images, in the same order"
+        )
     images, masks = [], {}
     for images_dir, gt_dir in zip(images_dirs, gt_dirs):
         found, matched = _labelled(images_dir, gt_dir)
@@ -628,21 +630,29 @@ def train_command(
 
 
 def _echo_held_out(relearner) -> None:
-    """What the held-out training images said of the re-learner (the epoch choice of relearn_core/training.py)."""
-    held = relearner.summary.get("held_out_mae")
+    """What the held-out training images said of the re-learner (the choices of relearn_core/training.py)."""
+    held = relearner.summary.get("held_out")
     if held is None:
         return
     images = relearner.summary.get("validation_images", 0)
-    if relearner.keeps_base:
+    a, b, c = relearner.fusion
+    start = (
+        "the base maps"
+        if relearner.fusion == (1.0, 0.0, 0.0)
+        else (f"the base fused with {relearner.knowledge}'s maps (logit weights {a:.2f} and {b:.2f}, bias {c:.2f})")
+    )
+    before, after = held["before"], held["after"]
+    if not relearner.corrects:
         click.echo(
-            f"relearn: on its {images} held-out training images no epoch made the maps better than the base "
-            f"(MAE {held['base']:.4f}): this re-learner keeps the base maps as they are",
+            f"relearn: on its {images} held-out training images no correction made {start} better (max F "
+            f"{before['max_f']:.4f}, MAE {before['mae']:.4f}): this re-learner writes them as they are",
             err=True,
         )
     else:
         click.echo(
-            f"relearn: on its {images} held-out training images the re-learner (epoch {held['epoch']}) brings "
-            f"the MAE of the maps from {held['base']:.4f} to {held['relearned']:.4f}",
+            f"relearn: on its {images} held-out training images the re-learner (epoch {held['epoch']}, shrink "
+            f"{held['shrink']:g}) brings {start} from max F {before['max_f']:.4f} / MAE {before['mae']:.4f} to "
+            f"{after['max_f']:.4f} / {after['mae']:.4f}",
             err=True,
         )
 
@@ -717,11 +727,11 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
         )
     finally:
         progress.close()
-    why = "the re-learner keeps the base" if relearner.keeps_base else "no usable neighbour or nothing unsure"
+    why = "the re-learner does not correct" if not relearner.corrects else "no usable neighbour or nothing to correct"
     _echo_run_report(
         report,
         f"{adapter.name}: wrote {len(report.written)} maps to {out_dir} "
-        f"({len(report.kept_base)} kept the base map: {why}; "
+        f"({len(report.kept_base)} kept the map before correction: {why}; "
         f"{len(done)} were already there)",
     )
     if report.base_failures or report.unreadable:

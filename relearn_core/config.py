@@ -35,9 +35,22 @@ class RelearnConfig:
 
     backbone: str = DEFAULT_BACKBONE
     correspondence: CorrespondenceParams = CorrespondenceParams()
-    alignment: str = "bilevel"  #: "bilevel" (Eq. (1), top-K alternation) or "flow" (SIFT Flow matches alone)
+    #: "bilevel" (Eq. (1), top-K alternation), "flow" (SIFT Flow matches alone) or "none" (no correspondence: the
+    #: re-learner sees each target superpixel alone, the ablation without the paper's inter-image idea)
+    alignment: str = "bilevel"
     use_filter: bool = True  #: False: every aligned pair is kept (delta = 1), ablation C2
-    min_unsure: float = 0.2  #: a superpixel is re-learned when at least this share of it is pseudo-GT unsure
+    #: "fused": the re-learner may correct any superpixel, by as much as its held-out training images allow, on the
+    #: base fused with the backbone's own saliency map (when the backbone is a saliency network); "paper": the
+    #: paper's join, the base corrected only where the two CRFs leave it unsure
+    join: str = "fused"
+    min_unsure: float = 0.2  #: with join "paper": a superpixel is re-learned when this share of it is pseudo-GT unsure
+    #: how far the correction may go (its logit scaled by s), one chosen with the epoch on held-out training images
+    shrinks: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    #: what the epoch and the shrink are chosen by, on the held-out training images' final maps: "max_f-mae" (the
+    #: dataset-level max F minus the MAE), "max_f" or "mae"
+    select: str = "max_f-mae"
+    #: neighbours that are labelled training images lend their masks instead of their pseudo-GT (label transfer)
+    label_transfer: bool = False
     filter: FilterConfig = FilterConfig()
     joint: JointConfig = JointConfig()
 

@@ -31,7 +31,7 @@ Design choices (why, briefly):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,11 +45,12 @@ from .records import (
     ImageEntry,
     ImageEvidence,
     PairCorrespondence,
+    PseudoGT,
     TargetPairs,
     TrainingImage,
     WrapOutcome,
 )
-from .relearning.features import features_for, instance_pairs, saliency_cues
+from .relearning.features import features_for, instance_pairs, lone_pairs, saliency_cues
 from .relearning.joint import PairBatch, predict_joint
 from .relearning.pair_filter import (
     aligned_iou,
@@ -59,7 +60,8 @@ from .relearning.pair_filter import (
     target_instances,
 )
 from .relearning.pseudo_gt import pseudo_gt_for
-from .relearning.saliency import join_with_base, logit, superpixel_means
+from .relearning.saliency import logit, superpixel_means
+from .training import final_map, shrunk
 from .workspace import Workspace
 
 
@@ -70,6 +72,9 @@ class Pool:
     entries: list[ImageEntry]
     base_maps: dict[str, np.ndarray]  #: by content hash
     index: RetrievalIndex
+    #: masks of the pool images that have one (labelled training images), by content hash: with label transfer, a
+    #: neighbour lends its mask instead of its pseudo-GT
+    ground_truth: dict[str, np.ndarray] = field(default_factory=dict)
 
     def neighbours(self, ws: Workspace, target: ImageEntry, count: int) -> list[tuple[ImageEntry, float]]:
         """Retrieval: the target's ``count`` nearest pool images (never itself or a copy of it), with their descriptor
@@ -90,10 +95,13 @@ def prepare_image(ws: Workspace, config: RelearnConfig, item: tuple[ImageEntry, 
     return descriptor
 
 
-def image_evidence(ws: Workspace, entry: ImageEntry, base_map: np.ndarray, config: RelearnConfig) -> ImageEvidence:
-    """Regions, pseudo-GT and features of one image given its base map: what the re-learner knows about it."""
+def image_evidence(
+    ws: Workspace, entry: ImageEntry, base_map: np.ndarray, config: RelearnConfig, gt: np.ndarray | None = None
+) -> ImageEvidence:
+    """Regions, pseudo-GT and features of one image given its base map: what the re-learner knows about it. With a
+    mask ``gt`` (label transfer from a labelled neighbour), the mask takes the place of the pseudo-GT."""
     regions = superpixels_for(ws, entry, config.correspondence.superpixels)
-    pgt = pseudo_gt_for(ws, entry, base_map)
+    pgt = pseudo_gt_for(ws, entry, base_map) if gt is None else PseudoGT(gt, ~gt)
     features = features_for(ws, entry, regions, config.backbone).values
     salient = superpixel_shares(regions.labels, pgt.salient, regions.count)
     background = superpixel_shares(regions.labels, pgt.background, regions.count)
@@ -146,46 +154,56 @@ def correspondences(
 def target_pairs(
     ws: Workspace, target: ImageEntry, base_map: np.ndarray, pool: Pool, config: RelearnConfig
 ) -> TargetPairs | None:
-    """Fig. 2 up to the instance pairs for one target; None when the pool gives it no neighbour."""
+    """Fig. 2 up to the instance pairs for one target; None when the pool gives it no neighbour. With alignment
+    "none" the target's superpixels are paired with no neighbour (the ablation without correspondence)."""
+    if config.alignment == "none":
+        return lone_pairs(image_evidence(ws, target, base_map, config), config.joint.neighbours)
     found = correspondences(ws, target, pool, config.correspondence)
     if not found:
         return None
     evidence = image_evidence(ws, target, base_map, config)
-    neighbours = [image_evidence(ws, pair.neighbour, pool.base_maps[pair.neighbour.hash], config) for pair in found]
+    lent = pool.ground_truth if config.label_transfer else {}
+    neighbours = [
+        image_evidence(ws, pair.neighbour, pool.base_maps[pair.neighbour.hash], config, lent.get(pair.neighbour.hash))
+        for pair in found
+    ]
     return instance_pairs(evidence, neighbours, found, config.joint.neighbours, config.alignment)
 
 
-def prior_logit(base_mean: np.ndarray) -> np.ndarray:
-    """The re-learner's prior for a superpixel: the logit of the base's mean there."""
-    return logit(base_mean).astype(np.float32)
+def prior_logit(start_map: np.ndarray, evidence: ImageEvidence) -> np.ndarray:
+    """The re-learner's prior for each superpixel: the logit of the mean of the map it corrects there."""
+    return logit(superpixel_means(start_map, evidence.superpixels)).astype(np.float32)
+
+
+def relearned_rows(pairs: TargetPairs, keep: np.ndarray, config: RelearnConfig) -> np.ndarray:
+    """bool (S,): the superpixels the re-learner corrects: those with a kept pair (join "paper": and unsure)."""
+    rows = keep.any(1)
+    return rows & pairs.evidence.relearned(config.min_unsure) if config.join == "paper" else rows
 
 
 def relearn_image(
-    ws: Workspace, relearner: Relearner, pool: Pool, target: tuple[ImageEntry, np.ndarray]
+    ws: Workspace, relearner: Relearner, pool: Pool, target: tuple[ImageEntry, np.ndarray, np.ndarray]
 ) -> WrapOutcome:
-    """Our(X) for one image: its base map corrected where the pseudo-GT is unsure and a kept pair supports it."""
-    entry, base_map = target
+    """Our(X) for one image: the start map (the base, or the base fused with the backbone's saliency) corrected where
+    a kept pair supports the re-learner (join "paper": only where the pseudo-GT is unsure)."""
+    entry, base_map, start_map = target
     config = relearner.config
     pairs = target_pairs(ws, entry, base_map, pool, config)
     if pairs is None:
-        return WrapOutcome(entry, base_map, False)
+        return WrapOutcome(entry, start_map, False)
     evidence = pairs.evidence
     with ws.timed("relearn"):
         keep = relearner.keep(pairs.cf, pairs.valid, ws.device)
-        rows = evidence.relearned(config.min_unsure) & keep.any(1)
+        rows = relearned_rows(pairs, keep, config)
         scores = np.full(evidence.superpixels.count, np.nan)
         if rows.any():
-            batch = PairBatch(
-                pairs.cf[rows],
-                pairs.similarity[rows].astype(np.float32),
-                keep[rows],
-                prior_logit(evidence.base_mean[rows]),
-            )
-            scores[rows] = predict_joint(relearner.joint, batch, ws.device)
+            prior = prior_logit(start_map, evidence)[rows]
+            batch = PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), keep[rows], prior)
+            scores[rows] = shrunk(predict_joint(relearner.joint, batch, ws.device), prior, relearner.shrink)
     if not rows.any():
-        return WrapOutcome(entry, base_map, False)
+        return WrapOutcome(entry, start_map, False)
     with ws.timed("saliency"):
-        saliency = join_with_base(entry.image, base_map, evidence.superpixels, scores, evidence.pseudo_gt)
+        saliency = final_map(evidence, start_map, scores, config)
     return WrapOutcome(entry, saliency, True, int(rows.sum()))
 
 
@@ -194,10 +212,10 @@ def training_image(
     config: RelearnConfig,
     pool: Pool,
     negative_cap: int,
-    target: tuple[int, ImageEntry, np.ndarray, np.ndarray],
+    target: tuple[int, ImageEntry, np.ndarray, np.ndarray, np.ndarray],
 ) -> TrainingImage | None:
     """What training image number ``number`` gives the pair filter and the joint re-learner (None: no neighbour)."""
-    number, entry, base_map, gt = target
+    number, entry, base_map, start_map, gt = target
     pairs = target_pairs(ws, entry, base_map, pool, config)
     if pairs is None:
         return None
@@ -212,7 +230,7 @@ def training_image(
     labels = table1_labels(facts.pgt_iou, pair_iou)[pairs.valid]
     chosen = filter_candidates(labels, negative_cap, config.filter.seed + number)
     # only the re-learned superpixels' pairs are kept: all pairs of every image do not fit in memory with VGG features
-    region = evidence.relearned(config.min_unsure) & pairs.valid.any(1)
+    region = relearned_rows(pairs, pairs.valid, config)
     return TrainingImage(
         pairs.cf[pairs.valid][chosen],
         labels[chosen],
@@ -221,9 +239,10 @@ def training_image(
         pairs.cf[region],
         pairs.similarity[region],
         pairs.valid[region],
-        prior_logit(evidence.base_mean[region]),
+        prior_logit(start_map, evidence)[region],
         facts.salient_share[region],
         np.flatnonzero(region),
         evidence,
+        start_map,
         gt,
     )

@@ -264,6 +264,7 @@ class TrainingImage:
     salient_share: np.ndarray  #: (R,) ground-truth share, the target Z
     superpixels: np.ndarray  #: (R,) their ids
     evidence: ImageEvidence
+    start_map: np.ndarray  #: the map the re-learner corrects (the base, or the base fused with the knowledge map)
     gt: np.ndarray
 
 

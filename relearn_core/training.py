@@ -1,34 +1,32 @@
-"""Training a re-learner from what its labelled images give (relearn_core/pipeline.py: ``training_image``): the pair
-filter on Table I's labels, then the joint re-learner on the re-learned superpixels.
+"""Training a re-learner from what its labelled images give (relearn_core/pipeline.py: ``training_image``): the fusion
+of the base with the backbone's own saliency map, the pair filter on Table I's labels, then the joint re-learner.
 
-How far the re-learner moves the base is decided on the training images alone: a share of them is held out, and the
-epoch whose final maps (joined with the base, as wrap writes them) have the lowest MAE there is kept, epoch 0, the base
-itself, included (``held_out_mae``). A re-learner that does not improve the written maps of images it did not train on
-leaves the base as it is.
+How far the re-learner moves the map it corrects is decided on the training images alone: a share of them is held out
+(from the fusion and the joint re-learner), and the epoch and the shrink of the correction whose final maps (as wrap
+writes them) score best there are kept (``RelearnConfig.select``), epoch 0, no correction, included. A re-learner that
+does not improve the written maps of images it did not train on leaves them as they were before its correction.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 from .checkpoint import Relearner
 from .config import RelearnConfig
 from .errors import RelearnError
-from .records import ImageEvidence, TrainingImage
-from .relearning.joint import (
-    JointRelearner,
-    PairBatch,
-    predict_joint,
-    split_groups,
-    train_joint,
-)
+from .evaluation.metrics import MAE, DatasetPR
+from .records import TrainingImage
+from .relearning.joint import JointRelearner, PairBatch, predict_joint, split_groups, train_joint
 from .relearning.pair_filter import train_pair_filter
-from .relearning.saliency import join_with_base
+from .relearning.saliency import join_with_base, logit
 
 Progress = Callable[[str, int, int], None]  #: (stage, done, total)
+FUSION_PIXELS = 2000  #: pixels sampled per training image to fit the fusion's three weights
+IDENTITY_FUSION = (1.0, 0.0, 0.0)
 
 
 def negative_cap(config: RelearnConfig, images: int) -> int:
@@ -37,30 +35,70 @@ def negative_cap(config: RelearnConfig, images: int) -> int:
     return max(50, int(np.ceil(2 * config.filter.negatives / max(images, 1))))
 
 
+def held_out_images(count: int, config: RelearnConfig) -> np.ndarray:
+    """bool (count,): the training images held out to choose the epoch and the shrink (``joint.validation_share``)."""
+    return split_groups(np.arange(count), config.joint.validation_share, config.joint.seed)
+
+
+def fit_fusion(
+    maps: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]], seed: int = 0
+) -> tuple[float, float, float]:
+    """(a, b, c) of sigmoid(a logit(base) + b logit(knowledge) + c): logistic regression of the ground truth on the
+    two maps' logits over pixels sampled from ``maps`` = [(base map, knowledge map or None, mask), ...].
+
+    The knowledge map is the backbone's own saliency (U2-Net-p's, learned on DUTS-TR): its weight says how far to trust
+    it beside the base, on these training images; without one, (a, c) calibrate the base alone."""
+    rng = np.random.RandomState(seed)
+    columns, truth = [], []
+    for base_map, knowledge_map, gt in maps:
+        pick = rng.choice(base_map.size, min(FUSION_PIXELS, base_map.size), replace=False)
+        knowledge = np.zeros(len(pick)) if knowledge_map is None else logit(knowledge_map.ravel()[pick])
+        columns.append(np.column_stack([logit(base_map.ravel()[pick]), knowledge]))
+        truth.append(gt.ravel()[pick])
+    x = torch.tensor(np.concatenate(columns), dtype=torch.float64)
+    y = torch.tensor(np.concatenate(truth), dtype=torch.float64)
+    weights = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimiser.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(x @ weights[:2] + weights[2], y)
+        value.backward()
+        return value
+
+    optimiser.step(loss)
+    a, b, c = (float(w) for w in weights.detach())
+    return a, b, c
+
+
 def fit(
     base: str,
     images: list[TrainingImage | None],
+    held_out: np.ndarray,
     config: RelearnConfig = RelearnConfig(),
     device: str = "cpu",
     progress: Progress | None = None,
+    knowledge: str = "",
+    fusion: tuple[float, float, float] = IDENTITY_FUSION,
 ) -> Relearner:
     """Train the pair filter and the joint re-learner for ``base`` from its training images (None: an image with no
-    usable neighbour)."""
+    usable neighbour); ``held_out`` (bool, one per image) marks those kept to choose the epoch and the shrink."""
     progress = progress or (lambda stage, done, total: None)
-    usable = [image for image in images if image is not None]
+    usable = [(image, bool(held)) for image, held in zip(images, held_out) if image is not None]
     if not usable:
         raise RelearnError("no training image has a usable neighbour in the pool: give a larger --pool")
     summary = {
         "targets": len(images),
         "targets_with_neighbours": len(usable),
-        "trained_on": [[image.evidence.entry.name, image.evidence.entry.hash] for image in usable],
-        "pairs": sum(image.pairs for image in usable),
-        "positive_pairs": sum(image.positive_pairs for image in usable),
+        "trained_on": [[image.evidence.entry.name, image.evidence.entry.hash] for image, _ in usable],
+        "pairs": sum(image.pairs for image, _ in usable),
+        "positive_pairs": sum(image.positive_pairs for image, _ in usable),
     }
-    filter_cf = np.concatenate([image.filter_cf for image in usable])
-    filter_labels = np.concatenate([image.filter_labels for image in usable])
+    # the filter learns from the images the joint re-learner trains on: the held-out ones judge both
+    filter_cf = np.concatenate([image.filter_cf for image, held in usable if not held])
+    filter_labels = np.concatenate([image.filter_labels for image, held in usable if not held])
     pair_filter = None
-    if config.use_filter:
+    if config.use_filter and config.alignment != "none":
         try:
             progress("pair filter", 0, 1)
             pair_filter = train_pair_filter(filter_cf, filter_labels, config.filter, device)
@@ -69,9 +107,9 @@ def fit(
             warnings.warn(f"pair filter not trained, every aligned pair is kept: {exc}", stacklevel=2)
     summary["filter"] = pair_filter is not None
     del filter_cf
-    relearner = Relearner(base, config, pair_filter, None, usable[0].cf.shape[2], summary)  # type: ignore[arg-type]
-    batches, targets_z, groups, superpixel_ids, held_images = [], [], [], [], []
-    for image in usable:
+    relearner = Relearner(base, config, pair_filter, None, usable[0][0].cf.shape[2], summary, knowledge, fusion)  # type: ignore[arg-type]
+    batches, targets_z, groups, superpixel_ids, judged, held_rows = [], [], [], [], [], []
+    for image, held in usable:
         keep = relearner.keep(image.cf, image.valid, device)
         rows = keep.any(1)
         if rows.any():
@@ -79,55 +117,98 @@ def fit(
                 PairBatch(image.cf[rows], image.similarity[rows].astype(np.float32), keep[rows], image.prior[rows])
             )
             targets_z.append(image.salient_share[rows])
-            groups.append(np.full(int(rows.sum()), len(held_images)))
+            groups.append(np.full(int(rows.sum()), len(judged)))
             superpixel_ids.append(image.superpixels[rows])
-            held_images.append((image.evidence, image.gt))
+            held_rows.append(np.full(int(rows.sum()), held))
+            judged.append(image)
     if not batches:
-        raise RelearnError("no unsure superpixel of the training images has a kept neighbour pair: nothing to re-learn")
+        raise RelearnError("no superpixel of the training images has a kept neighbour pair: nothing to re-learn")
     batch = PairBatch.joined(batches)
-    groups, superpixel_ids = np.concatenate(groups), np.concatenate(superpixel_ids)
-    held_out = split_groups(groups, config.joint.validation_share, config.joint.seed)
+    groups, superpixel_ids, held_rows = (
+        np.concatenate(groups),
+        np.concatenate(superpixel_ids),
+        np.concatenate(held_rows),
+    )
     summary["relearned_superpixels"] = len(batch)
-    summary["validation_images"] = len(np.unique(groups[held_out]))
+    summary["validation_images"] = len(np.unique(groups[held_rows]))
 
-    held_out_errors = []  # epoch 0 (the base), 1, 2, ...
-    held_pairs, held_groups, held_superpixels = batch.take(held_out), groups[held_out], superpixel_ids[held_out]
+    scores_by_epoch = []  # epoch 0 (no correction), 1, 2, ...: (objective, shrink, max F, MAE) of the best shrink
+    held_pairs, held_groups, held_superpixels = batch.take(held_rows), groups[held_rows], superpixel_ids[held_rows]
 
     def held_out_error(model: JointRelearner) -> float:
-        held_out_errors.append(held_out_mae(model, held_pairs, held_groups, held_superpixels, held_images, device))
-        progress("joint epochs", len(held_out_errors) - 1, config.joint.epochs)
-        return held_out_errors[-1]
+        first = not scores_by_epoch
+        scored = [
+            held_out_scores(model, held_pairs, held_groups, held_superpixels, judged, config, shrink, device)
+            for shrink in ((1.0,) if first else config.shrinks)
+        ]
+        best = max(zip(scored, (1.0,) if first else config.shrinks), key=lambda item: objective(config, *item[0]))
+        (max_f, mae), shrink = best
+        scores_by_epoch.append((objective(config, max_f, mae), shrink, max_f, mae))
+        progress("joint epochs", len(scores_by_epoch) - 1, config.joint.epochs)
+        return -scores_by_epoch[-1][0]
 
     relearner.joint, history = train_joint(
-        batch, np.concatenate(targets_z), config.joint, device, held_out, held_out_error
+        batch, np.concatenate(targets_z), config.joint, device, held_rows, held_out_error
     )
     summary["classifier_errors"] = history[-1] if history else []
-    if held_out_errors:
-        epoch = int(np.argmin(held_out_errors))
-        summary["held_out_mae"] = {"base": held_out_errors[0], "relearned": held_out_errors[epoch], "epoch": epoch}
+    if scores_by_epoch:
+        epoch = int(np.argmax([score for score, *_ in scores_by_epoch]))
+        _, relearner.shrink, max_f, mae = scores_by_epoch[epoch]
+        _, _, start_max_f, start_mae = scores_by_epoch[0]
+        summary["held_out"] = {
+            "epoch": epoch,
+            "shrink": relearner.shrink,
+            "select": config.select,
+            "before": {"max_f": start_max_f, "mae": start_mae},
+            "after": {"max_f": max_f, "mae": mae},
+        }
     return relearner
 
 
-def held_out_mae(
+def objective(config: RelearnConfig, max_f: float, mae: float) -> float:
+    """What the epoch and the shrink are chosen by (higher is better)."""
+    if config.select == "max_f-mae":
+        return max_f - mae
+    if config.select == "max_f":
+        return max_f
+    if config.select == "mae":
+        return -mae
+    raise RelearnError(f"unknown select {config.select!r}: expected 'max_f-mae', 'max_f' or 'mae'")
+
+
+def shrunk(scores: np.ndarray, prior: np.ndarray, shrink: float) -> np.ndarray:
+    """Re-learned probabilities with their correction's logit scaled by ``shrink`` (1: as learned, 0: the prior)."""
+    return 1.0 / (1.0 + np.exp(-(shrink * logit(scores) + (1.0 - shrink) * prior)))
+
+
+def final_map(evidence, start_map: np.ndarray, relearned: np.ndarray, config: RelearnConfig) -> np.ndarray:
+    """The map wrap writes from re-learned superpixel probabilities (NaN: none): the start map (the base, or the
+    fused map) corrected everywhere, or with join "paper" only where the pseudo-GT is unsure."""
+    changeable = evidence.pseudo_gt.unsure if config.join == "paper" else None
+    return join_with_base(evidence.entry.image, start_map, evidence.superpixels, relearned, changeable)
+
+
+def held_out_scores(
     model: JointRelearner,
     pairs: PairBatch,
     groups: np.ndarray,
     superpixel_ids: np.ndarray,
-    images: list[tuple[ImageEvidence, np.ndarray]],
+    images: list[TrainingImage],
+    config: RelearnConfig,
+    shrink: float,
     device: str = "cpu",
-) -> float:
-    """Mean absolute error to the ground truth of the final maps (the join with the base, as wrap makes them) of the
-    held-out training images, the images ``images[g]`` of the rows' groups ``g``: what the epoch is chosen by, so that
-    a re-learner whose corrections do not make the written maps better stays at the base."""
-    scores = predict_joint(model, pairs, device)
-    errors = []
+) -> tuple[float, float]:
+    """Dataset-level max F and MAE of the final maps (as wrap makes them) of the held-out training images
+    ``images[g]`` of the rows' groups ``g``."""
+    scores = shrunk(predict_joint(model, pairs, device), pairs.prior, shrink)
+    max_f, mae = DatasetPR(), MAE()
     for group in np.unique(groups):
-        evidence, gt = images[group]
+        image = images[group]
         rows = groups == group
-        relearned = np.full(evidence.superpixels.count, np.nan)
+        relearned = np.full(image.evidence.superpixels.count, np.nan)
         relearned[superpixel_ids[rows]] = scores[rows]
-        saliency = join_with_base(
-            evidence.entry.image, evidence.base_map, evidence.superpixels, relearned, evidence.pseudo_gt
-        )
-        errors.append(np.abs(saliency - gt).mean())
-    return float(np.mean(errors))
+        saliency = final_map(image.evidence, image.start_map, relearned, config)
+        written = np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)  # scored as wrap writes it
+        max_f.step(written, image.gt)
+        mae.step(written, image.gt)
+    return max_f.results()["max_f"], mae.results()["mae"]

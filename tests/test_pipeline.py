@@ -25,7 +25,8 @@ from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
 from relearn_core.workspace import Workspace
 
 STEMS = ("100075", "100080", "100098", "101085", "101087", "102061")
-SMALL = {  # tiny images: few superpixels and a coarse flow keep the test fast
+SMALL = {  # tiny images: few superpixels and a coarse flow keep the test fast; the paper's join (the fused one below)
+    "join": "paper",
     "correspondence": {
         "neighbours": 3,
         "superpixels": 60,
@@ -148,9 +149,10 @@ def test_train_writes_a_checkpoint_for_the_base(trained, config):
     assert relearner.config == config
     assert relearner.summary["targets"] == len(STEMS)
     assert relearner.summary["relearned_superpixels"] > 0
-    held = relearner.summary["held_out_mae"]  # one of the six images held out; epoch 0 is the base itself
+    held = relearner.summary["held_out"]  # one of the six images held out; epoch 0 is the base itself
     assert relearner.summary["validation_images"] == 1 and 0 <= held["epoch"] <= config.joint.epochs
-    assert held["relearned"] <= held["base"] and relearner.keeps_base == (held["epoch"] == 0)
+    assert held["after"]["max_f"] - held["after"]["mae"] >= held["before"]["max_f"] - held["before"]["mae"]
+    assert relearner.corrects == (held["epoch"] != 0) and relearner.fusion == (1.0, 0.0, 0.0)  # no fusion: paper
     assert report.pool_size == len(STEMS) and not report.missing_gt and not report.base_failures
 
 
@@ -359,46 +361,51 @@ def test_training_without_any_labelled_image_says_so(tiny, config, cache_dir, tm
 
 
 def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_images(tiny, config, cache_dir):
-    """Epoch 0 of the epoch choice is the base itself: held_out_mae of the untrained model is the base maps' MAE."""
+    """Epoch 0 of the epoch choice is the base itself: the held-out scores of the untrained model are the base's."""
+    from types import SimpleNamespace
+
+    from relearn_core.evaluation.metrics import MAE, DatasetPR
     from relearn_core.pipeline import prior_logit, target_pairs
     from relearn_core.relearning.joint import JointRelearner, PairBatch
-    from relearn_core.training import held_out_mae
+    from relearn_core.training import held_out_scores
 
     ws = Workspace(Cache(cache_dir))
     entries = read_entries([tiny / "images" / f"{stem}.png" for stem in STEMS], RunReport())
     maps = {e.hash: read_map(tiny / "maps" / f"{e.name}.png").astype(np.float32) for e in entries}
     pool = prepare_pool(ws, entries, maps, config)
     parts, groups, ids, images = [], [], [], []
+    base_f, base_mae = DatasetPR(), MAE()
     for entry in entries[:3]:
         pairs = target_pairs(ws, entry, maps[entry.hash], pool, config)
         evidence = pairs.evidence
         rows = evidence.relearned(config.min_unsure) & pairs.valid.any(1)
-        parts.append(
-            PairBatch(
-                pairs.cf[rows],
-                pairs.similarity[rows].astype(np.float32),
-                pairs.valid[rows],
-                prior_logit(evidence.base_mean[rows]),
-            )
-        )
+        prior = prior_logit(maps[entry.hash], evidence)[rows]
+        parts.append(PairBatch(pairs.cf[rows], pairs.similarity[rows].astype(np.float32), pairs.valid[rows], prior))
         groups.append(np.full(int(rows.sum()), len(images)))
         ids.append(np.flatnonzero(rows))
-        images.append((evidence, read_mask(tiny / "gt" / f"{entry.name}.png")))
+        gt = read_mask(tiny / "gt" / f"{entry.name}.png")
+        images.append(SimpleNamespace(evidence=evidence, start_map=maps[entry.hash], gt=gt))
+        written = np.round(maps[entry.hash] * 255).astype(np.uint8)
+        base_f.step(written, gt)
+        base_mae.step(written, gt)
     batch = PairBatch.joined(parts)
-    assert len(np.unique(np.concatenate(groups))) == 3
+    groups, ids = np.concatenate(groups), np.concatenate(ids)
+    assert len(np.unique(groups)) == 3
     untrained = JointRelearner(batch.cf.shape[2], config.joint)
-    error = held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images)
-    base_error = np.mean([np.abs(evidence.base_map - gt).mean() for evidence, gt in images])
-    assert error == pytest.approx(base_error, abs=1e-5)
-    # a re-learner that calls every re-learned superpixel background changes the error
+    max_f, mae = held_out_scores(untrained, batch, groups, ids, images, config, 1.0)
+    assert max_f == pytest.approx(base_f.results()["max_f"], abs=1e-6)
+    assert mae == pytest.approx(base_mae.results()["mae"], abs=1e-6)
+    # a re-learner that calls every re-learned superpixel background changes the error, the less the more it is shrunk
     with torch.no_grad():
         untrained.prior_bias.fill_(-20.0)
-    assert abs(held_out_mae(untrained, batch, np.concatenate(groups), np.concatenate(ids), images) - base_error) > 1e-4
+    _, full = held_out_scores(untrained, batch, groups, ids, images, config, 1.0)
+    _, quarter = held_out_scores(untrained, batch, groups, ids, images, config, 0.25)
+    assert abs(full - mae) > abs(quarter - mae) > 1e-5
 
 
 def test_a_re_learner_that_kept_the_base_writes_the_base_maps_and_computes_nothing_else(tiny, trained, tmp_path):
     relearner = load_checkpoint(trained[0], "dss")
-    relearner.summary["held_out_mae"] = {**relearner.summary["held_out_mae"], "epoch": 0}
+    relearner.summary["held_out"] = {**relearner.summary["held_out"], "epoch": 0}
     assert relearner.keeps_base
     report = run_wrap(tiny, None, tmp_path / "out", tmp_path / "cache", relearner=relearner)
     assert sorted(report.written) == sorted(report.kept_base) == sorted(STEMS)
@@ -474,3 +481,36 @@ def test_training_on_several_datasets_uses_each_picture_once(tiny, config, cache
         ],
     )
     assert result.exit_code == 2 and "2 --images folders but 1 --gt folders" in result.output
+
+
+@pytest.mark.parametrize("backbone", ["handcrafted", "u2netp"])
+def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, tiny, config, cache_dir, tmp_path):
+    """Join "fused": the base is fused with the backbone's own saliency map (U2-Net-p's for the u2netp backbone, none
+    for handcrafted: then the base alone is calibrated), the fusion and the shrink are learned on the training images,
+    and wrap writes the fused map corrected wherever the re-learner acts, trusted pixels included."""
+    from relearn_core.relearning.saliency import fuse
+
+    fused = config.with_overrides({"join": "fused", "backbone": backbone, "joint": {"loss": "l1"}})
+    relearner = run_train(tiny, fused, cache_dir).relearner
+    a, b, _ = relearner.fusion
+    assert relearner.knowledge == ("u2netp" if backbone == "u2netp" else "")
+    assert a > 0 and (b > 0 if backbone == "u2netp" else b == 0)
+    assert relearner.shrink in fused.shrinks or not relearner.corrects
+    report = run_wrap(tiny, None, tmp_path / "out", cache_dir, relearner=relearner)
+    assert sorted(report.written) == sorted(STEMS)
+    from relearn_adapters import u2netp
+
+    from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
+
+    changed_where_trusted = 0
+    for stem in STEMS:
+        image = read_image(tiny / "images" / f"{stem}.png")
+        base = read_map(tiny / "maps" / f"{stem}.png").astype(np.float32)
+        knowledge = u2netp.predict([image])[0] if backbone == "u2netp" else None
+        start = fuse(base, knowledge, relearner.fusion)
+        written = read_map(tmp_path / "out" / f"{stem}.png")
+        moved = np.abs(written - start) > 1 / 255 + 1e-6
+        assert stem not in report.kept_base or not moved.any()
+        changed_where_trusted += int((moved & ~bilevel_pseudo_gt(image, base).unsure).sum())
+    if relearner.corrects:
+        assert changed_where_trusted > 0  # the paper's join would never change these pixels

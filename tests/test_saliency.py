@@ -8,7 +8,7 @@ from relearn_core.correspondence.regions import superpixels
 from relearn_core.errors import RelearnError
 from relearn_core.evaluation.metrics import DatasetPR
 from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask
-from relearn_core.records import PseudoGT, Superpixels
+from relearn_core.records import Superpixels
 from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
 from relearn_core.relearning.saliency import adjacency, join_with_base, paint, spatial_weighting, superpixel_means
 
@@ -74,7 +74,7 @@ def joined(samples):
     for image, base, gt, regions in samples:
         pseudo = bilevel_pseudo_gt(image, base)
         truth = superpixel_means(gt.astype(np.float64), regions)  # an oracle re-learner
-        out.append((base, gt, pseudo, join_with_base(image, base, regions, truth, pseudo)))
+        out.append((base, gt, pseudo, join_with_base(image, base, regions, truth, pseudo.unsure)))
     return out
 
 
@@ -95,21 +95,19 @@ def test_join_with_an_oracle_moves_unsure_pixels_toward_the_truth(joined):
 
 def test_join_without_any_disagreement_returns_the_base(samples):
     image, base, _, regions = samples[1]
-    unsure_everywhere = PseudoGT(np.zeros_like(base, bool), np.zeros_like(base, bool))
     agreeing = superpixel_means(base, regions)  # a re-learner that returns its prior, the base's mean
-    np.testing.assert_allclose(join_with_base(image, base, regions, agreeing, unsure_everywhere), base, atol=1e-6)
+    np.testing.assert_allclose(join_with_base(image, base, regions, agreeing), base, atol=1e-6)
     no_prediction = np.full(regions.count, np.nan)
-    np.testing.assert_allclose(join_with_base(image, base, regions, no_prediction, unsure_everywhere), base, atol=1e-6)
+    np.testing.assert_allclose(join_with_base(image, base, regions, no_prediction), base, atol=1e-6)
 
 
 def test_join_keeps_the_base_pixel_detail_inside_a_corrected_superpixel(samples):
     image, base, _, regions = samples[2]
-    unsure_everywhere = PseudoGT(np.zeros_like(base, bool), np.zeros_like(base, bool))
     scores = superpixel_means(base, regions)
     spread = np.sqrt(np.maximum(superpixel_means(base**2, regions) - scores**2, 0))
     label = int(np.argmax(np.where(scores < 0.5, spread, 0)))  # a mostly dark superpixel with the most detail
     scores[label] = 0.95
-    final = join_with_base(image, base, regions, scores, unsure_everywhere)
+    final = join_with_base(image, base, regions, scores)
     inside = regions.labels == label
     assert final[inside].mean() > base[inside].mean() + 0.025  # near-binary dark pixels move least
     # not flattened to one value as painting would: the base's variation inside the superpixel survives

@@ -277,3 +277,16 @@ def instance_pairs(
     cf[:, :, -1] = similarity
     cf[source < 0] = 0.0
     return TargetPairs(target, neighbours, source, aligned, similarity, cf)
+
+
+def lone_pairs(target: ImageEvidence, neighbour_count: int) -> TargetPairs:
+    """Instance pairs without correspondence: each target superpixel in one pair with no aligned instance (its
+    aligned part zeros, g = 0), so the re-learner sees the target alone (the ablation without the inter-image idea)."""
+    count = target.superpixels.count
+    dim = target.descriptor.shape[1]
+    source = np.full((count, neighbour_count), -1, np.int64)
+    source[:, 0] = 0
+    aligned = np.where(source >= 0, np.arange(count)[:, None], -1)
+    cf = np.zeros((count, neighbour_count, 2 * dim + 1), np.float32)
+    cf[:, 0, :dim] = target.descriptor
+    return TargetPairs(target, [target], source, aligned, np.zeros((count, neighbour_count)), cf)

@@ -47,6 +47,9 @@ class JointConfig:
     error_clamp: tuple[float, float] = (0.02, 0.48)
     #: share of training images held out to choose the epoch (0: train on all, keep the last)
     validation_share: float = 0.2
+    #: the joint classifier's loss against the ground-truth share Z: "bce" (the paper's sigma of Eq. (6)) or "l1"
+    #: (the absolute error, MAE's own measure: it keeps the re-learned scores decisive where BCE leaves them soft)
+    loss: str = "bce"
     seed: int = 0
 
 
@@ -139,10 +142,15 @@ def classifier_errors(model: JointRelearner, batch: tuple[torch.Tensor, ...], ta
     return torch.where(counts > 0, wrong.sum(0) / counts.clamp_min(1), torch.full_like(counts, 0.5))
 
 
-def final_loss(joint, branch, keep, target, alpha) -> torch.Tensor:
+def final_loss(joint, branch, keep, target, alpha, joint_loss: str = "bce") -> torch.Tensor:
     """Eq. (7): the joint loss plus the alpha-weighted classifier losses, each over its kept pairs."""
     bce = nn.functional.binary_cross_entropy_with_logits
-    loss = bce(joint, target)
+    if joint_loss == "l1":
+        loss = (torch.sigmoid(joint) - target).abs().mean()
+    elif joint_loss == "bce":
+        loss = bce(joint, target)
+    else:
+        raise RelearnError(f"unknown joint loss {joint_loss!r}: expected 'bce' or 'l1'")
     per_pair = bce(branch, target[:, None].expand_as(branch), reduction="none") * keep
     return loss + (alpha * per_pair.sum(0) / keep.sum(0).clamp_min(1)).sum()
 
@@ -204,7 +212,7 @@ def train_joint(
             optimiser.zero_grad()
             batch = [t[rows] for t in tensors]
             joint, branch = model(*batch)
-            final_loss(joint, branch, batch[2], z[rows], alpha).backward()
+            final_loss(joint, branch, batch[2], z[rows], alpha, config.loss).backward()
             optimiser.step()
         if validating:
             error = held_out_error(model.eval())

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from ..errors import RelearnError
-from ..records import PseudoGT, Superpixels
+from ..records import Superpixels
 
 COLOUR_SIGMA = 8.0  #: CIELAB units (L in 0..100)
 POSITION_SIGMA = 0.5  #: in superpixel spacings (sqrt(image area / superpixel count))
@@ -161,24 +161,35 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def fuse(base_map: np.ndarray, knowledge_map: np.ndarray | None, fusion: tuple[float, float, float]) -> np.ndarray:
+    """The map the re-learner corrects: sigmoid(a logit(base) + b logit(knowledge) + c), the base and the backbone's
+    own saliency map (None: none, b is then 0) weighed by ``fusion`` = (a, b, c), learned on the training images."""
+    a, b, c = fusion
+    fused = a * logit(base_map) + c
+    if knowledge_map is not None:
+        fused = fused + b * logit(knowledge_map)
+    return _sigmoid(fused).astype(np.float32)
+
+
 def join_with_base(
     image: np.ndarray,
     base_map: np.ndarray,
     superpixels: Superpixels,
     relearned: np.ndarray,
-    pseudo_gt: PseudoGT,
+    changeable: np.ndarray | None = None,
     colour_sigma: float = COLOUR_SIGMA,
     position_sigma: float = POSITION_SIGMA,
 ) -> np.ndarray:
-    """The final map (H, W) float32: the base where the pseudo-GT trusts it, the re-learned correction elsewhere.
+    """The final map (H, W) float32: ``base_map`` with the re-learned correction, on the pixels ``changeable`` allows
+    (bool (H, W); None: every pixel), the base exactly elsewhere.
 
     :param relearned: (S,) re-learned saliency probability of each superpixel; NaN where there is none (for
         example no usable neighbour): those superpixels add no correction.
     """
-    if base_map.shape != superpixels.labels.shape or pseudo_gt.salient.shape != base_map.shape:
+    if base_map.shape != superpixels.labels.shape or (changeable is not None and changeable.shape != base_map.shape):
         raise RelearnError(
             f"shapes differ: base map {base_map.shape}, superpixels {superpixels.labels.shape}, "
-            f"pseudo-GT {pseudo_gt.salient.shape}"
+            f"changeable pixels {None if changeable is None else changeable.shape}"
         )
     relearned = np.asarray(relearned, dtype=np.float64)
     # against the logit of the mean, the re-learner's own prior (joint.py): the mean of the logits differs from it on
@@ -190,4 +201,4 @@ def join_with_base(
     base_logit = logit(base_map)
     # the change the correction makes to the clipped logit, added to the exact base value: no correction, no change
     corrected = np.clip(base_map + _sigmoid(base_logit + spread) - _sigmoid(base_logit), 0.0, 1.0)
-    return np.where(pseudo_gt.unsure, corrected, base_map).astype(np.float32)
+    return (corrected if changeable is None else np.where(changeable, corrected, base_map)).astype(np.float32)
