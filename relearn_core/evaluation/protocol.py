@@ -49,12 +49,24 @@ COMPONENTS = (
 """C1 is the base itself; C2..C6 each a re-learner of their own."""
 
 BEYOND = (
-    Component("paper join", {"join": "paper"}, True, "the full method with the paper's join (corrections only where "
-              "the two CRFs leave the base unsure, no fusion)"),
-    Component("no correspondence", {"alignment": "none"}, True, "each target superpixel re-learned alone: no "
-              "retrieval, flow, alignment or pair filter"),
-    Component("label transfer", {"label_transfer": True}, True, "labelled neighbours lend their masks instead of their "
-              "pseudo-GT"),
+    Component(
+        "paper join",
+        {"join": "paper"},
+        True,
+        "the full method with the paper's join (corrections only where the two CRFs leave the base unsure, no fusion)",
+    ),
+    Component(
+        "no correspondence",
+        {"alignment": "none"},
+        True,
+        "each target superpixel re-learned alone: no retrieval, flow, alignment or pair filter",
+    ),
+    Component(
+        "label transfer",
+        {"label_transfer": True},
+        True,
+        "labelled neighbours lend their masks instead of their pseudo-GT",
+    ),
 )
 """Variants beyond Fig. 11 that measure this implementation's own choices."""
 
