@@ -130,6 +130,15 @@ def load_checkpoint(path: str | os.PathLike, base: str | None = None, device: st
     )
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a relearn checkpoint of any format (a file that train may replace)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a JPEG, a text file, a damaged archive: not one of ours
+        return False
+    return isinstance(payload, dict) and "format" in payload and "relearn_version" in payload
+
+
 def relearn_home() -> Path:
     return Path(os.environ.get("RELEARN_HOME", Path.home() / ".relearn"))
 

@@ -103,6 +103,25 @@ def _workspace(device: str, no_cache: bool, executor: str | None, workers: int |
     return Workspace(Cache(None) if no_cache else Cache(), device, make_executor(executor, workers, device))
 
 
+OVERWRITE = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace what --out holds although it was made with other settings (or is not relearn's).",
+)
+
+
+def _map_settings(command: str, base: BaseChoice, adapter, **more) -> dict:
+    """What makes a folder's maps what they are, kept in its manifest (relearn_core/outputs.py)."""
+    return {
+        "command": command,
+        "base": adapter.name,
+        "adapter_version": adapter.source.version,
+        "options": base.options(),
+        "relearn_version": __version__,
+        **more,
+    }
+
+
 ADAPTER_FILES = click.option(
     "--adapter",
     "adapter_files",
@@ -238,26 +257,26 @@ def adapters_new(name, folder):
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache of computed maps.")
 @EXECUTOR
 @WORKERS
+@OVERWRITE
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
-def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_workers):
+def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_workers, overwrite, quiet):
     """Write the base model's saliency maps of the images as 8-bit PNGs named by image stem.
 
-    Maps already in --out are kept (an interrupted run resumes). Images that fail are listed at the end and the
-    exit status is 1.
+    Maps already in --out are kept when they were made with the same settings (an interrupted run resumes).
+    Images that fail are listed at the end and the exit status is 1.
     """
-    from tqdm import tqdm
-
     from .api import predict as predict_maps
     from .base import BaseMapFailure, resolve_device
-    from .errors import InputError
     from .imageio import images_in, write_map
+    from .outputs import claim_map_folder, probe_writable, refuse_overlap
 
     adapter = base.adapter()
     images = images_in(images_dir)
-    inputs = [Path(images_dir).resolve()] + ([base.maps.resolve()] if base.maps is not None else [])
-    if Path(out_dir).resolve() in inputs:
-        raise InputError(out_dir, "the output folder must not be an input folder")
-    todo = [path for stem, path in images.items() if not (Path(out_dir) / f"{stem}.png").exists()]
+    refuse_overlap(out_dir, [images_dir, base.maps, base.network])
+    probe_writable(out_dir, folder=True)
+    keep = claim_map_folder(out_dir, _map_settings("predict", base, adapter), overwrite)
+    todo = [path for stem, path in images.items() if not (keep and (Path(out_dir) / f"{stem}.png").exists())]
     failures: list[BaseMapFailure] = []
     device = resolve_device(base.device)
     outcomes = predict_maps(
@@ -267,13 +286,16 @@ def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_
         batch_size=batch_size,
         workspace=_workspace(device, no_cache, executor, executor_workers),
     )
-    for path, outcome in tqdm(
-        outcomes, total=len(todo), desc=f"predict {adapter.name}", unit="image", disable=None, file=sys.stderr
-    ):
-        if isinstance(outcome, BaseMapFailure):
-            failures.append(outcome)
-        else:
-            write_map(Path(out_dir) / f"{path.stem}.png", outcome)
+    progress = StageProgress(quiet)
+    try:
+        for count, (path, outcome) in enumerate(outcomes, 1):
+            if isinstance(outcome, BaseMapFailure):
+                failures.append(outcome)
+            else:
+                write_map(Path(out_dir) / f"{path.stem}.png", outcome)
+            progress(f"predict {adapter.name}", count, len(todo))
+    finally:
+        progress.close()
     done = len(todo) - len(failures)
     click.echo(f"{adapter.name}: wrote {done} maps to {out_dir} ({len(images) - len(todo)} were already there)")
     if failures:
@@ -338,7 +360,12 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
         write_json,
         write_per_image_csv,
     )
+    from .outputs import probe_writable, refuse_overlap
 
+    for path in (json_path, csv_path, curves_path):
+        if path is not None:
+            refuse_overlap(path, [pred_dir, gt_dir])
+            probe_writable(path, folder=False)
     report = evaluate_folders(pred_dir, gt_dir, resize=resize, suffix=suffix, progress=not quiet, workers=workers)
     for line in report.messages():
         click.echo(f"relearn: {line}", err=True)
@@ -392,9 +419,10 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
     help="Cache folder (default $RELEARN_CACHE or ~/.cache/relearn).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
+@OVERWRITE
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @reports_errors
-def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor, cache_dir, workers, quiet):
+def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor, cache_dir, workers, overwrite, quiet):
     """The paper's comparison from a YAML CONFIG: tables (Markdown, CSV, LaTeX) and PR / F-vs-threshold figures.
 
     Trains the re-learners that have no checkpoint and wraps the images that have no Our(X) map (k-fold on a dataset
@@ -422,7 +450,14 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor
         )
     components = (table_config.ablation or default_ablation(table_config)) if ablation else None
     preparation = prepare(
-        table_config, out_dir, jobs=jobs, cache=cache_dir, progress=not quiet, ablation=components, executor=executor
+        table_config,
+        out_dir,
+        jobs=jobs,
+        cache=cache_dir,
+        progress=not quiet,
+        ablation=components,
+        executor=executor,
+        overwrite=overwrite,
     )
     result = build_table(preparation.config, progress=not quiet, workers=workers, errors=preparation.errors)
     for line in preparation.warnings + result.warnings:
@@ -574,10 +609,22 @@ def _labelled(images_dir: Path, gt_dir: Path) -> tuple[list[Path], dict[Path, Pa
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
 @EXECUTOR
 @WORKERS
+@OVERWRITE
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @reports_errors
 def train_command(
-    base, images_dirs, gt_dirs, pools, out_path, backbone, config_path, no_cache, executor, executor_workers, quiet
+    base,
+    images_dirs,
+    gt_dirs,
+    pools,
+    out_path,
+    backbone,
+    config_path,
+    no_cache,
+    executor,
+    executor_workers,
+    overwrite,
+    quiet,
 ):
     """Train a re-learner for a base model on labelled images (one or several datasets: their union, each picture
     once); write one checkpoint file."""
@@ -585,11 +632,16 @@ def train_command(
 
     from .api import train
     from .base import resolve_device
-    from .checkpoint import save_checkpoint
+    from .checkpoint import is_checkpoint, save_checkpoint
     from .config import RelearnConfig
     from .errors import InputError
     from .imageio import images_in
+    from .outputs import probe_writable, refuse_overlap
 
+    refuse_overlap(out_path, [*images_dirs, *gt_dirs, *pools, base.maps, base.network, config_path])
+    if out_path.exists() and not overwrite and not is_checkpoint(out_path):
+        raise InputError(out_path, "exists and is not a relearn checkpoint: give another --out, or --overwrite")
+    probe_writable(out_path, folder=False)
     config = RelearnConfig()
     if config_path is not None:
         try:
@@ -683,33 +735,40 @@ def _echo_held_out(relearner) -> None:
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
 @EXECUTOR
 @WORKERS
+@OVERWRITE
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @reports_errors
-def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executor, executor_workers, quiet):
+def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executor, executor_workers, overwrite, quiet):
     """Write Our(X) maps: the base model's maps re-learned against a pool (PNG, image stems).
 
-    Maps already in --out are kept (an interrupted run resumes). Images with no usable neighbour keep their base map.
+    Maps already in --out are kept when they were made with the same settings (an interrupted run resumes).
+    Images with no usable neighbour keep their base map.
     """
     from .api import wrap
     from .base import resolve_device
     from .checkpoint import default_checkpoint, load_checkpoint
-    from .errors import InputError
-    from .imageio import images_in, write_map
+    from .imageio import content_hash, images_in, write_map
+    from .outputs import claim_map_folder, probe_writable, refuse_overlap
 
     adapter = base.adapter()
     out_dir = Path(out_dir)
-    inputs = [Path(images_dir).resolve()] + [Path(p).resolve() for p in pools]
-    if base.maps is not None:
-        inputs.append(base.maps.resolve())
-    if out_dir.resolve() in inputs:
-        raise InputError(out_dir, "the output folder must not be an input folder")
+    checkpoint = checkpoint if checkpoint is not None else default_checkpoint(adapter.name)
+    refuse_overlap(out_dir, [images_dir, *pools, base.maps, base.network, checkpoint])
     device = resolve_device(base.device)
-    relearner = load_checkpoint(
-        checkpoint if checkpoint is not None else default_checkpoint(adapter.name), adapter.name, device
-    )
-    _echo_held_out(relearner)
+    relearner = load_checkpoint(checkpoint, adapter.name, device)
     images = images_in(images_dir)
-    done = [stem for stem in images if (out_dir / f"{stem}.png").exists()]
+    probe_writable(out_dir, folder=True)
+    settings = _map_settings(
+        "wrap",
+        base,
+        adapter,
+        checkpoint=content_hash(checkpoint),
+        config=relearner.config.to_dict(),
+        pools=[str(Path(p).resolve()) for p in pools] or "the input images",
+    )
+    keep = claim_map_folder(out_dir, settings, overwrite)
+    _echo_held_out(relearner)
+    done = [stem for stem in images if keep and (out_dir / f"{stem}.png").exists()]
     todo = [path for stem, path in images.items() if stem not in done]
     # without --pool the other input images are the pool, those already wrapped included
     pool_images = [list(images_in(p).values()) for p in pools] or [list(images.values())]
@@ -734,5 +793,8 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
         f"({len(report.kept_base)} kept the map before correction: {why}; "
         f"{len(done)} were already there)",
     )
-    if report.base_failures or report.unreadable:
+    requested = {str(path) for path in todo}
+    failed = [path for path, _ in report.unreadable if path in requested]
+    failed += [str(failure.image) for failure in report.base_failures if str(failure.image) in requested]
+    if failed:  # a pool image that fails is reported, but every requested map was written
         sys.exit(1)

@@ -115,13 +115,19 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(path, f"cannot be written ({exc.strerror or type(exc).__name__})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: one line, the old file intact
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(path, f"cannot be written ({exc.strerror or type(exc).__name__})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

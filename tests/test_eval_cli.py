@@ -42,6 +42,7 @@ def _grey(path):
 def test_eval_writes_summary_json_csv_and_curves(folders, tmp_path):
     pred, gt, stems = folders
     out = tmp_path / "out"
+    out.mkdir()
     result = _run(
         "--pred",
         pred,
@@ -177,7 +178,7 @@ def test_outputs_never_go_into_an_input_folder(folders):
     pred, gt, _ = folders
     before = sorted(path.name for path in pred.iterdir())
     result = _run("--pred", pred, "--gt", gt, "--json", pred / "scores.json", "--quiet")
-    assert result.exit_code == 2 and "input folder" in result.stderr
+    assert result.exit_code == 2 and "never writes inside its inputs" in result.stderr
     assert sorted(path.name for path in pred.iterdir()) == before
 
 

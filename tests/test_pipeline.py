@@ -1,5 +1,6 @@
 """relearn train + wrap end to end on six downscaled SOD images with their DSS maps, on each executor, bad input."""
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -177,8 +178,8 @@ def test_cli_wrap_resumes_and_skips_existing_maps(tiny, trained, wrapped, cache_
     monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
     out, _ = wrapped
     copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    (copy / f"{STEMS[2]}.png").unlink()
+    assert cli_wrap(tiny, trained[0], copy, "-q").exit_code == 0
+    (copy / f"{STEMS[2]}.png").unlink()  # an interrupted run
     kept = copy / f"{STEMS[0]}.png"
     os.utime(kept, (1, 1))
     result = cli_wrap(tiny, trained[0], copy, "-q")
@@ -296,7 +297,35 @@ def test_a_pool_that_is_the_image_folder_never_gives_an_image_itself(
 
 def test_output_folder_may_not_be_an_input_folder(tiny, trained):
     result = cli_wrap(tiny, trained[0], tiny / "images")
-    assert result.exit_code == 2 and "must not be an input folder" in result.output
+    assert result.exit_code == 2 and "never writes over its inputs" in result.output
+
+
+def test_wrap_stops_on_maps_of_another_checkpoint_and_overwrite_replaces_them(
+    tiny, trained, cache_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
+    out = tmp_path / "ours"
+    first = cli_wrap(tiny, trained[0], out, "-q")
+    assert first.exit_code == 0, first.output
+    other = tmp_path / "other.pt"
+    save_checkpoint(dataclasses.replace(load_checkpoint(trained[0], "dss"), shrink=0.5), other)
+    stale = cli_wrap(tiny, other, out, "-q")
+    assert stale.exit_code == 2
+    assert "other settings" in stale.output and "checkpoint" in stale.output and "--overwrite" in stale.output
+    replaced = cli_wrap(tiny, other, out, "-q", "--overwrite")
+    assert replaced.exit_code == 0 and f"wrote {len(STEMS)} maps" in replaced.output
+    resumed = cli_wrap(tiny, other, out, "-q")
+    assert resumed.exit_code == 0 and "wrote 0 maps" in resumed.output
+
+
+def test_wrap_exits_0_when_only_a_pool_image_is_unreadable(tiny, trained, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny / "images", pool)
+    (pool / "broken.png").write_bytes(b"not a picture")
+    result = cli_wrap(tiny, trained[0], tmp_path / "ours", "-q", "--pool", str(pool))
+    assert result.exit_code == 0, result.output
+    assert "broken.png" in result.output and f"wrote {len(STEMS)} maps" in result.output
 
 
 def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
@@ -332,7 +361,7 @@ def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert "held-out training images" in result.output
-    assert sorted(p.stem for p in (tmp_path / "o").iterdir()) == sorted(STEMS)
+    assert sorted(p.stem for p in (tmp_path / "o").glob("*.png")) == sorted(STEMS)
     bad = tmp_path / "bad.yaml"
     bad.write_text("joint: {epoch: 3}\n")
     result = runner.invoke(

@@ -320,3 +320,28 @@ def test_the_example_configs_load(data):
     assert sod.datasets[0].gt.is_dir() and sod.datasets[0].images.is_dir()
     assert all(base.relearn is not None and base.relearn.train == "SOD" for base in sod.bases)
     assert sod.bases[0].maps["SOD"].is_dir()
+
+
+def test_computed_base_maps_of_other_options_stop_the_table_until_overwrite(data, tmp_path):
+    def config(options):
+        return _write(
+            tmp_path / "table.yaml",
+            {
+                "datasets": {"SODa": {"root": str(data / "SODa")}},
+                "bases": {"MB+": {"adapter": "mbplus", "options": options}},
+            },
+        )
+
+    _, out = _table(config({"max_dim": 64}), tmp_path / "out", "--no-relearn")
+    folder = out / "maps" / "SODa" / "MB_"  # the base name made a file name
+    before = {path.name: path.read_bytes() for path in folder.glob("*.png")}
+    assert len(before) == PER_DATASET
+    changed = config({"max_dim": 48})
+    result = CliRunner().invoke(
+        main, ["table", str(changed), "--out", str(out), "--quiet", "--no-relearn", "--cache", str(tmp_path / "c")]
+    )
+    assert result.exit_code == 2
+    assert "other settings" in result.output and "max_dim" in result.output and "--overwrite" in result.output
+    assert {path.name: path.read_bytes() for path in folder.glob("*.png")} == before
+    _table(changed, out, "--no-relearn", "--overwrite")
+    assert {path.name: path.read_bytes() for path in folder.glob("*.png")} != before

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..imageio import atomic_write_bytes, list_by_stem, read_image, read_map, read_mask
+from ..outputs import refuse_overlap
 from .metrics import METRICS, SCORES, ImagePair, SaliencyMetrics, image_scores
 
 SCORE_KEYS = tuple(SCORES)
@@ -217,24 +218,17 @@ def evaluate_folders(
     return report
 
 
-def _refuse_input_folder(path: Path, report: EvalReport) -> None:
-    parent = path.resolve().parent
-    for folder in (report.pred_dir, report.gt_dir):
-        if parent == Path(folder).resolve():
-            raise InputError(path, "refusing to write into an input folder")
-
-
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:
     """The scores, definitions and input problems as JSON (atomically)."""
     path = Path(path)
-    _refuse_input_folder(path, report)
+    refuse_overlap(path, [report.pred_dir, report.gt_dir])
     atomic_write_bytes(path, (json.dumps(report.to_json_dict(), indent=2) + "\n").encode())
 
 
 def write_per_image_csv(report: EvalReport, path: str | os.PathLike) -> None:
     """One row per scored image: its stem, map file and own scores (atomically)."""
     path = Path(path)
-    _refuse_input_folder(path, report)
+    refuse_overlap(path, [report.pred_dir, report.gt_dir])
     buffer = io.StringIO()
     if report.per_image:
         writer = csv.DictWriter(buffer, fieldnames=list(report.per_image[0]), lineterminator="\n")
@@ -251,7 +245,7 @@ def write_curves(report: EvalReport, path: str | os.PathLike) -> None:
     ``f_curve``, ``tpr``, ``fpr``; image-level ``precision_image``, ``recall_image``, ``f_curve_image``; ``e_curve``.
     """
     path = Path(path)
-    _refuse_input_folder(path, report)
+    refuse_overlap(path, [report.pred_dir, report.gt_dir])
     buffer = io.BytesIO()
     np.savez(buffer, **report.curves)
     atomic_write_bytes(path, buffer.getvalue())

@@ -30,8 +30,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .. import __version__
 from ..errors import InputError, RelearnError
 from ..imageio import images_in, list_by_stem, write_map
+from ..outputs import claim_map_folder
 from .protocol import COMPONENTS, FULL, component, folds_of
 from .table import (
     AblationSpec,
@@ -97,7 +99,6 @@ class Relearning:
     @property
     def key(self) -> str:
         """A short hash of everything that fixes the re-learner, so a changed config never reuses stale files."""
-        from .. import __version__
         from ..config import RelearnConfig
 
         spec = self.spec
@@ -320,6 +321,7 @@ class _Planner:
         progress: bool,
         ablation: AblationSpec | None,
         executor: str | None,
+        overwrite: bool,
     ):
         from ..base import resolve_device
 
@@ -331,6 +333,7 @@ class _Planner:
         self.device = resolve_device(config.device)
         self.settings = RunSettings(tuple(config.adapter_files), self.device, cache)
         self.executor_kind = executor
+        self.overwrite = overwrite
         self._executor = None
         self.prep = Preparation(config)
         self.datasets = [d for d in config.datasets if d.gt.is_dir()]  # build_table reports the others
@@ -378,7 +381,16 @@ class _Planner:
                     self.prep.errors[(base.name, dataset.name)] = str(exc)
                     continue
                 folder = self.computed_maps_dir(base, dataset.name)
-                done = set(list_by_stem(folder)) if folder.is_dir() else set()
+                adapter = self.settings.adapter(base.adapter, base.options)
+                settings = {
+                    "command": "table",
+                    "base": adapter.name,
+                    "adapter_version": adapter.source.version,
+                    "options": dict(base.options),
+                    "relearn_version": __version__,
+                }
+                keep = claim_map_folder(folder, settings, self.overwrite)
+                done = set(list_by_stem(folder)) if keep and folder.is_dir() else set()
                 counts.reused += len(done & set(images))
                 missing = [images[stem] for stem in sorted(images) if stem not in done]
                 if missing:
@@ -664,15 +676,20 @@ def prepare(
     progress: bool = True,
     ablation: AblationSpec | None = None,
     executor: str | None = None,
+    overwrite: bool = False,
 ) -> Preparation:
     """Make every map the table needs that is not there yet (base maps, re-learners, Our(X) maps; Fig. 11's
     components when ``ablation`` is given), and return the table's methods.
 
     A failure is confined to its cells: they carry the problem in ``errors`` and the rest goes on.
-    ``cache``: the on-disk cache folder (None: ``$RELEARN_CACHE`` or ``~/.cache/relearn``).
+    ``cache``: the on-disk cache folder (None: ``$RELEARN_CACHE`` or ``~/.cache/relearn``). A folder of computed
+    base maps made with other settings stops the run (relearn_core/outputs.py) unless ``overwrite``; the Our(X)
+    folders are named by a hash of their settings.
     """
     out = Path(out_dir)
-    planner = _Planner(config, out, jobs, None if cache is None else str(cache), progress, ablation, executor)
+    planner = _Planner(
+        config, out, jobs, None if cache is None else str(cache), progress, ablation, executor, overwrite
+    )
     try:
         planner.base_maps()
         planner.relearn()

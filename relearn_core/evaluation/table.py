@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, RelearnError
 from ..imageio import IMAGE_SUFFIXES, atomic_write_bytes
+from ..outputs import refuse_overlap
 from .evaluate import DEFINITIONS, SCORE_KEYS, EvalReport, evaluate_folders
 from .metrics import SCORES
 
@@ -1059,10 +1060,9 @@ def scores_json(result: TableResult) -> str:
 def write_table(result: TableResult, out_dir: str | os.PathLike) -> list[Path]:
     """Write table.md, table.csv, table.tex, scores.json and figures/ into ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
-    inputs = {dataset.gt.resolve() for dataset in result.config.datasets}
-    inputs |= {folder.resolve() for method in result.config.methods for folder in method.maps.values()}
-    if out_dir.resolve() in inputs:
-        raise InputError(out_dir, "the output folder must not be an input folder")
+    inputs = [dataset.gt for dataset in result.config.datasets]
+    inputs += [folder for method in result.config.methods for folder in method.maps.values()]
+    refuse_overlap(out_dir, inputs)
     written = []
     published = published_rows(result)
     markdown = markdown_table(result)
