@@ -12,9 +12,6 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from relearn_core.hookspecs import BackboneInfo, hookimpl
 
 VGG16_HED = "vgg16-hed"
@@ -22,7 +19,7 @@ HANDCRAFTED = "handcrafted"
 HANDCRAFTED_CHANNELS = 10
 _VGG16_LEVEL_OUTPUTS = (15, 29)  # indices in vgg16().features of the ReLUs after conv3_3 and conv5_3
 
-_vgg_models: dict[str, torch.nn.Sequential] = {}
+_vgg_models: dict[str, torch.nn.Sequential] = {}  # noqa: F821  (torch loads with the first features: fast start-up)
 
 
 @hookimpl
@@ -49,7 +46,7 @@ def relearn_extract_features(backbone, images, device):
     return handcrafted_features(images)
 
 
-def _vgg16_hed(device: str) -> torch.nn.Sequential:
+def _vgg16_hed(device: str) -> torch.nn.Sequential:  # noqa: F821
     if device not in _vgg_models:
         from relearn_core.correspondence.hed import (
             load_vgg16_features,  # raises, saying how to install, when the weights are absent
@@ -60,24 +57,28 @@ def _vgg16_hed(device: str) -> torch.nn.Sequential:
     return _vgg_models[device]
 
 
-@torch.no_grad()
-def vgg16_hed_features(images: torch.Tensor, device: str) -> list[torch.Tensor]:
+def vgg16_hed_features(images: torch.Tensor, device: str) -> list[torch.Tensor]:  # noqa: F821
     """conv3_3 and conv5_3 activations (after ReLU) of RGB images in [0, 1] (N, 3, H, W)."""
+    import torch
+
     from relearn_core.correspondence.hed import CAFFE_BGR_MEAN
 
     network = _vgg16_hed(str(device))
     mean = torch.tensor(CAFFE_BGR_MEAN, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     x = images.float().flip(1) * 255.0 - mean
     levels = []
-    for index, layer in enumerate(network):
-        x = layer(x)
-        if index in _VGG16_LEVEL_OUTPUTS:
-            levels.append(x)
+    with torch.no_grad():
+        for index, layer in enumerate(network):
+            x = layer(x)
+            if index in _VGG16_LEVEL_OUTPUTS:
+                levels.append(x)
     return levels
 
 
-def _handcrafted_maps(images: torch.Tensor) -> torch.Tensor:
+def _handcrafted_maps(images: torch.Tensor) -> torch.Tensor:  # noqa: F821
     import kornia
+    import torch
+    import torch.nn.functional as F
 
     lab = kornia.color.rgb_to_lab(images.clamp(0, 1))
     lab = lab / torch.tensor([100.0, 128.0, 128.0], device=images.device).view(1, 3, 1, 1)
@@ -99,10 +100,13 @@ def _handcrafted_maps(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([lab, magnitude, gradients.abs(), contrast, border_distance, xs, ys], dim=1)
 
 
-@torch.no_grad()
-def handcrafted_features(images: torch.Tensor) -> list[torch.Tensor]:
+def handcrafted_features(images: torch.Tensor) -> list[torch.Tensor]:  # noqa: F821
     """Two levels of :data:`HANDCRAFTED_CHANNELS` dense maps: the image itself and a 4x smaller blurred copy."""
-    images = images.float()
-    fine = _handcrafted_maps(images)
-    coarse = _handcrafted_maps(F.avg_pool2d(images, 4, ceil_mode=True)) if min(images.shape[-2:]) >= 8 else fine
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        images = images.float()
+        fine = _handcrafted_maps(images)
+        coarse = _handcrafted_maps(F.avg_pool2d(images, 4, ceil_mode=True)) if min(images.shape[-2:]) >= 8 else fine
     return [fine, coarse]

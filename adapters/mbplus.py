@@ -25,9 +25,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from numba import njit
-from skimage.filters import threshold_otsu
-from skimage.morphology import reconstruction
 
 from relearn_core.errors import RelearnError
 from relearn_core.hookspecs import AdapterInfo, hookimpl
@@ -51,29 +48,6 @@ class MBPlusParams:
     contrast_b: float = 10.0  #: slope of the contrast-enhancing sigmoid
 
 
-@njit(cache=True)
-def _mbd_scan(features, distance, lower, upper, forward):
-    """One raster (forward) or inverse-raster scan of FastMBD, in place; the image border stays as seeds."""
-    height, width, channels = features.shape
-    step = 1 if forward else -1
-    rows = range(1, height - 1) if forward else range(height - 2, 0, -1)
-    for row in rows:
-        columns = range(1, width - 1) if forward else range(width - 2, 0, -1)
-        for column in columns:
-            for channel in range(channels):
-                value = features[row, column, channel]
-                best = distance[row, column, channel]
-                # the two neighbours already visited in this scan: above/left (forward) or below/right (inverse)
-                for neighbour_row, neighbour_column in ((row - step, column), (row, column - step)):
-                    high = max(upper[neighbour_row, neighbour_column, channel], value)
-                    low = min(lower[neighbour_row, neighbour_column, channel], value)
-                    if high - low < best:
-                        best = high - low
-                        distance[row, column, channel] = best
-                        upper[row, column, channel] = high
-                        lower[row, column, channel] = low
-
-
 def fast_mbd(features: np.ndarray, passes: int = 3) -> np.ndarray:
     """Approximate minimum barrier distance to the image border, per channel of ``features`` (H, W, C), summed.
 
@@ -86,8 +60,10 @@ def fast_mbd(features: np.ndarray, passes: int = 3) -> np.ndarray:
     distance = np.zeros(features.shape, np.float32)
     distance[1:-1, 1:-1] = np.inf
     lower, upper = features.copy(), features.copy()
+    from .mbplus_scan import mbd_scan  # numba compiles on first use: relearn starts without it
+
     for scan in range(passes):
-        _mbd_scan(features, distance, lower, upper, scan % 2 == 0)
+        mbd_scan(features, distance, lower, upper, scan % 2 == 0)
     distance[~np.isfinite(distance)] = 0.0  # images under 3 pixels across have no interior
     return distance.sum(axis=2)
 
@@ -124,6 +100,8 @@ def backgroundness(colours: np.ndarray, border_ratio: float = 0.1, covariance_re
 def morphological_smoothing(saliency: np.ndarray, width: int) -> np.ndarray:
     """Opening by reconstruction followed by closing by reconstruction with a ``width`` x ``width`` square:
     removes bright and dark details smaller than the kernel while keeping the edges of what remains."""
+    from skimage.morphology import reconstruction  # loaded when MB+ runs, not when relearn starts
+
     kernel = np.ones((width, width), np.uint8)
     saliency = saliency.astype(np.float32)
     opened = reconstruction(cv2.erode(saliency, kernel), saliency, method="dilation").astype(np.float32)
@@ -142,6 +120,8 @@ def enhance_contrast(saliency: np.ndarray, slope: float = 10.0) -> np.ndarray:
     """Sigmoid centred at the map's Otsu threshold: pushes the object towards 1 and the background towards 0."""
     if float(saliency.max()) <= float(saliency.min()):
         return np.zeros(saliency.shape, np.float32)
+    from skimage.filters import threshold_otsu
+
     threshold = threshold_otsu(saliency)
     return (1.0 / (1.0 + np.exp(-slope * (saliency - threshold)))).astype(np.float32)
 

@@ -33,3 +33,10 @@ def relearn_predict(adapter, images, names, options):
     entry = _entries()[adapter]
     generic = plugins.get_adapter(entry.format)
     return plugins.predict(generic, images, names, {**generic.info.options, **options})
+
+
+@hookimpl
+def relearn_check_options(adapter, options):
+    entry = _entries()[adapter]
+    generic = plugins.get_adapter(entry.format)
+    return plugins.check_options(generic, {**generic.info.options, **options})

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from scipy.special import expit
 
 from relearn_core.errors import InputError, RelearnError
 from relearn_core.hookspecs import AdapterInfo, hookimpl
@@ -35,7 +33,7 @@ NETWORK_OPTIONS = {
     "std": "per-channel standard deviation divided by after subtracting the mean",
     "channel_order": "rgb or bgr",
     "input_scale": "255: divide pixels by 255; max: divide by the image's maximum (as U2-Net does)",
-    "output": "index of the network output that is the saliency map",
+    "output": "the network output that is the saliency map: its index or (ONNX) its name",
     "sigmoid": "apply a sigmoid to the output (true when the network returns logits)",
     "minmax": "stretch each map to [0, 1] by its own minimum and maximum",
     "batch_size": "images per forward pass when the input size is fixed",
@@ -54,6 +52,7 @@ class NetworkConfig:
     channel_order: str = "rgb"
     input_scale: str = "255"
     output_index: int = 0
+    output_name: str = ""  #: the output chosen by name (ONNX); resolved to ``output_index`` against the model
     sigmoid: bool = False
     minmax: bool = True
     batch_size: int = 8
@@ -134,6 +133,8 @@ def config_from_options(options: Mapping[str, Any]) -> NetworkConfig:
     std = _as_triple("std", options.get("std", defaults.std))
     if min(std) <= 0:
         raise RelearnError(f"option std={std!r}: every value must be positive")
+    output = options.get("output", defaults.output_index)
+    named = isinstance(output, str) and not output.strip().isdigit()
     return NetworkConfig(
         model=Path(os.path.expanduser(str(options["model"]))),
         input_size=_as_size(options.get("input_size", defaults.input_size)),
@@ -141,7 +142,8 @@ def config_from_options(options: Mapping[str, Any]) -> NetworkConfig:
         std=std,
         channel_order=channel_order,
         input_scale=input_scale,
-        output_index=_as_int("output", options.get("output", defaults.output_index), 0),
+        output_index=0 if named else _as_int("output", output, 0),
+        output_name=output.strip() if named else "",
         sigmoid=_as_bool("sigmoid", options.get("sigmoid", defaults.sigmoid)),
         minmax=_as_bool("minmax", options.get("minmax", defaults.minmax)),
         batch_size=_as_int("batch_size", options.get("batch_size", defaults.batch_size), 1),
@@ -153,6 +155,8 @@ def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize with area averaging when shrinking (no aliasing) and bilinear interpolation when enlarging."""
     if image.shape[:2] == (height, width):
         return image
+    import cv2  # loaded with the first image, so that relearn starts fast
+
     shrinking = height * width < image.shape[0] * image.shape[1]
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
@@ -174,6 +178,8 @@ def preprocess(images: Sequence[np.ndarray], config: NetworkConfig) -> np.ndarra
 
 def postprocess(output: np.ndarray, images: Sequence[np.ndarray], config: NetworkConfig) -> list[np.ndarray]:
     """The chosen network output (N, 1, h, w) or (N, h, w) -> one float32 map in [0, 1] per image, at its size."""
+    import cv2
+
     output = np.asarray(output, dtype=np.float32)
     if output.ndim == 4 and output.shape[1] == 1:
         output = output[:, 0]
@@ -183,6 +189,8 @@ def postprocess(output: np.ndarray, images: Sequence[np.ndarray], config: Networ
             f"expected ({len(images)}, 1, H, W) or ({len(images)}, H, W)"
         )
     if config.sigmoid:
+        from scipy.special import expit
+
         output = expit(output)
     maps = []
     for prediction, image in zip(output, images):
@@ -245,21 +253,35 @@ def onnx_session(path: Path, device: str = "cpu"):
     return _onnx_session(str(resolved), resolved.stat().st_mtime, tuple(onnx_providers(device)))
 
 
+def onnx_config(config: NetworkConfig) -> tuple[NetworkConfig, int | None, bool]:
+    """``config`` completed by the model itself: the output chosen by name found, the input size of a model exported
+    at one size. Returns (config, the model's fixed batch size or None, whether the input size came from the model)."""
+    session = onnx_session(config.model, config.device)
+    outputs = [output.name for output in session.get_outputs()]
+    if config.output_name:
+        if config.output_name not in outputs:
+            raise RelearnError(
+                f"{config.model}: no output named {config.output_name!r}; its outputs: {', '.join(outputs)}"
+            )
+        config = dataclasses.replace(config, output_index=outputs.index(config.output_name))
+    if config.output_index >= len(outputs):
+        raise RelearnError(
+            f"{config.model}: output {config.output_index} requested but the model has {len(outputs)} outputs"
+        )
+    shape = list(session.get_inputs()[0].shape or [])
+    fixed = [dim if isinstance(dim, int) and dim > 0 else None for dim in shape]
+    from_model = config.input_size is None and len(fixed) == 4 and bool(fixed[2] and fixed[3])
+    if from_model:  # a model exported at one input size can only run at that size
+        config = dataclasses.replace(config, input_size=(fixed[2], fixed[3]))
+    return config, (fixed[0] if fixed else None), from_model
+
+
 def predict_onnx(images: Sequence[np.ndarray], config: NetworkConfig) -> list[np.ndarray]:
     """Saliency maps of ``images`` from the ONNX network described by ``config``."""
     session = onnx_session(config.model, config.device)
     network_input = session.get_inputs()[0]
     outputs = session.get_outputs()
-    if config.output_index >= len(outputs):
-        raise RelearnError(
-            f"{config.model}: output {config.output_index} requested but the model has {len(outputs)} outputs"
-        )
-    shape = list(network_input.shape) if network_input.shape else []
-    fixed = [dim if isinstance(dim, int) and dim > 0 else None for dim in shape]
-    if config.input_size is None and len(fixed) == 4 and fixed[2] and fixed[3]:
-        # a model exported at one input size can only run at that size
-        config = dataclasses.replace(config, input_size=(fixed[2], fixed[3]))
-    fixed_batch = fixed[0] if fixed else None
+    config, fixed_batch, _ = onnx_config(config)
     maps: list[np.ndarray] = []
     for group in _batches(len(images), config, fixed_batch):
         group_images = [images[index] for index in group]
@@ -298,6 +320,8 @@ def predict_torchscript(images: Sequence[np.ndarray], config: NetworkConfig) -> 
     """Saliency maps of ``images`` from the TorchScript network described by ``config``, run on ``config.device``."""
     import torch
 
+    if config.output_name:
+        raise RelearnError(f"option output={config.output_name!r}: TorchScript outputs have no names, give an index")
     module = torchscript_module(config.model, config.device)
     maps: list[np.ndarray] = []
     for group in _batches(len(images), config, None):
@@ -353,6 +377,41 @@ def relearn_adapters() -> list[AdapterInfo]:
             options=dict(_DEFAULT_OPTIONS),
         ),
     ]
+
+
+def describe(config: NetworkConfig, options: Mapping[str, Any], from_model: bool = False) -> str:
+    """The pre-processing and post-processing applied, each with where it came from: the user's option, the model
+    (its declared input shape), or this adapter's default."""
+
+    def source(key: str) -> str:
+        return "option" if key in options and options[key] != _DEFAULT_OPTIONS.get(key) else "default"
+
+    size = "each image at its own size" if config.input_size is None else "x".join(map(str, config.input_size))
+    scale = "/ 255" if config.input_scale == "255" else "/ the image's maximum"
+    mean = ",".join(f"{value:g}" for value in config.mean)
+    std = ",".join(f"{value:g}" for value in config.std)
+    imagenet = " = ImageNet's" if (config.mean, config.std) == (IMAGENET_MEAN, IMAGENET_STD) else ""
+    output = f"{config.output_index}" + (f" {config.output_name!r}" if config.output_name else "")
+    on = {True: "on", False: "off"}
+    return (
+        f"{config.model.name}: input {size} ({'model' if from_model else source('input_size')}), "
+        f"pixels {scale} ({source('input_scale')}), mean {mean} std {std}{imagenet} "
+        f"({source('mean') if source('mean') == 'option' else source('std')}), "
+        f"{config.channel_order.upper()} ({source('channel_order')}), output {output} ({source('output')}), "
+        f"sigmoid {on[config.sigmoid]} ({source('sigmoid')}), min-max {on[config.minmax]} ({source('minmax')})"
+    )
+
+
+@hookimpl
+def relearn_check_options(adapter: str, options: Mapping[str, Any]) -> str:
+    config = config_from_options(options)
+    if adapter == "onnx":
+        config, _, from_model = onnx_config(config)
+        return describe(config, options, from_model)
+    if config.output_name:
+        raise RelearnError(f"option output={config.output_name!r}: TorchScript outputs have no names, give an index")
+    torchscript_module(config.model, config.device)
+    return describe(config, options)
 
 
 @hookimpl

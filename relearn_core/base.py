@@ -9,6 +9,7 @@ image, and the other images still run. Maps of adapters that compute them are ca
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from .errors import InputError, RelearnError
 from .imageio import content_hash, read_image
 from .records import BaseMap
 from .workspace import Stage, Workspace
+
+log = logging.getLogger("relearn")  #: what the user is told (the command line prints it, once per message)
 
 STAGE = "base"
 RANGE_TOLERANCE = 1e-4  #: float rounding allowed outside [0, 1] before a map is rejected (then clipped)
@@ -176,8 +179,12 @@ def base_maps(
     :param adapter: the adapter (``relearn_core.plugins.get_adapter(name)``).
     :param options: the user's options for the adapter (e.g. ``{"maps": DIR}``), overlaid on its defaults.
     Maps of adapters that compute them are cached by (image content hash, adapter, adapter version, options).
+    The adapter checks the options first (``relearn_check_options``); what it says it will do is logged once.
     """
     options = adapter_options(adapter, options, ws.device)
+    described = plugins.check_options(adapter, options)  # a bad option stops here, before the first image
+    if described:
+        log.info("%s: %s", adapter.name, described)
     paths = [Path(path) for path in image_paths]
     batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
     for found in ws.map(functools.partial(_batch_maps, ws, adapter, options), batches):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,36 @@ def reports_errors(command):
     return wrapper
 
 
+class _Messages(logging.Handler):
+    """What relearn's stages and adapters tell the user (the ``relearn`` logger): one clean line each, on stderr, each
+    distinct message once per command."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text not in self.seen:
+            self.seen.add(text)
+            warning = "warning: " if record.levelno >= logging.WARNING else ""
+            click.echo(f"relearn: {warning}{text}", err=True)
+
+
+def _quiet(quiet: bool) -> None:
+    """--quiet: the stages' warnings still show, their notes do not."""
+    logging.getLogger("relearn").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="relearn")
 def main():
     """relearn: make a salient object detection model better by multiple instance joint re-learning."""
+    logger = logging.getLogger("relearn")
+    for handler in [h for h in logger.handlers if isinstance(h, _Messages)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_Messages())
+    logger.setLevel(logging.INFO)
 
 
 # --- base models (adapters): the options every command that names a base shares, `adapters`, `predict` ---
@@ -266,6 +293,7 @@ def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_
     Maps already in --out are kept when they were made with the same settings (an interrupted run resumes).
     Images that fail are listed at the end and the exit status is 1.
     """
+    _quiet(quiet)
     from .api import predict as predict_maps
     from .base import BaseMapFailure, resolve_device
     from .imageio import images_in, write_map
@@ -345,14 +373,18 @@ def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_
 @click.option("--suffix", default="", help="Strip this from map stems before matching (maps named <id>_dss.png: _dss).")
 @click.option("--resize", is_flag=True, help="Resize maps to their mask's size instead of skipping them.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and scoring maps.")
+@click.option(
+    "--strict", is_flag=True, help="Exit 1 when any mask has no scored map or any pair was skipped (for scripts)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @reports_errors
-def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, resize, workers, quiet):
+def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, resize, workers, strict, quiet):
     """Score saliency maps against masks: max/mean/adaptive F (dataset- and image-level), MAE, AUC, S, E, weighted F.
 
     Unreadable files, maps or masks without a partner, colour masks and size mismatches are reported one line each
     and skipped; the exit status is 2 when no pair could be scored.
     """
+    _quiet(quiet)
     from .evaluation.evaluate import (
         evaluate_folders,
         format_summary,
@@ -379,6 +411,8 @@ def eval_command(pred_dir, gt_dir, json_path, csv_path, curves_path, suffix, res
         if path is not None:
             write(report, path)
             click.echo(f"wrote {path}")
+    if strict and (report.skipped or report.unmatched_masks or report.unmatched_maps):
+        sys.exit(1)
 
 
 @main.command("table")
@@ -429,6 +463,7 @@ def table_command(config, out_dir, metrics, ablation, jobs, no_relearn, executor
     used for training), then scores every cell. Missing maps leave a cell empty; maps that cannot be scored make the
     cell an error; the rest of the table is produced. Only missing work is done on a rerun.
     """
+    _quiet(quiet)
     import dataclasses
 
     from .evaluation.regenerate import StageCounts, prepare
@@ -628,6 +663,7 @@ def train_command(
 ):
     """Train a re-learner for a base model on labelled images (one or several datasets: their union, each picture
     once); write one checkpoint file."""
+    _quiet(quiet)
     import yaml
 
     from .api import train
@@ -744,6 +780,7 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
     Maps already in --out are kept when they were made with the same settings (an interrupted run resumes).
     Images with no usable neighbour keep their base map.
     """
+    _quiet(quiet)
     from .api import wrap
     from .base import resolve_device
     from .checkpoint import default_checkpoint, load_checkpoint

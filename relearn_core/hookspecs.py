@@ -95,6 +95,22 @@ def relearn_predict(
 
 
 @hookspec
+def relearn_check_options(adapter: str, options: Mapping[str, Any]) -> str | None:
+    """Check an adapter's options before its first image, and say what it will do with them.
+
+    :param adapter: the name of the adapter (one this plugin declared in :func:`relearn_adapters`).
+    :param options: the same mapping :func:`relearn_predict` will receive.
+    :return: one line for the user on what the adapter does with these options (for a network: its input size,
+        scaling, normalisation, channel order, output, sigmoid, min-max, and where each came from), printed once per
+        run; or None.
+
+    Called once per run and adapter, in the main process, before any image is predicted (also when every map comes
+    from the cache). Raise :class:`relearn_core.errors.RelearnError` naming the option for a bad option: the command
+    stops with that one line before it does any work. Optional: an adapter without it is called with any options.
+    """
+
+
+@hookspec
 def relearn_backbones() -> Sequence[BackboneInfo]:
     """Declare the feature backbones this plugin provides (an adapter may offer its own network's features here, so
     that the re-learner can use the base network's knowledge: ``relearn train --backbone NAME``).

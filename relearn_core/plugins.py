@@ -297,6 +297,12 @@ def predict(adapter: Adapter, images, names, options) -> Any:
     )
 
 
+def check_options(adapter: Adapter, options) -> str | None:
+    """Call ``relearn_check_options`` on the plugin that provides ``adapter``: its description of what it will do
+    with ``options`` (None when it has nothing to say); a bad option raises RelearnError."""
+    return _ask_owner(adapter.plugin, "relearn_check_options", adapter=adapter.name, options=options)
+
+
 def get_backbones() -> list[Backbone]:
     """Every feature backbone of every registered plugin, sorted by name."""
     global _backbones

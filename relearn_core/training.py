@@ -9,7 +9,7 @@ does not improve the written maps of images it did not train on leaves them as t
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +23,8 @@ from .records import TrainingImage
 from .relearning.joint import JointRelearner, PairBatch, predict_joint, split_groups, train_joint
 from .relearning.pair_filter import train_pair_filter
 from .relearning.saliency import join_with_base, logit
+
+log = logging.getLogger("relearn")
 
 Progress = Callable[[str, int, int], None]  #: (stage, done, total)
 FUSION_PIXELS = 2000  #: pixels sampled per training image to fit the fusion's three weights
@@ -104,7 +106,7 @@ def fit(
             pair_filter = train_pair_filter(filter_cf, filter_labels, config.filter, device)
             progress("pair filter", 1, 1)
         except RelearnError as exc:
-            warnings.warn(f"pair filter not trained, every aligned pair is kept: {exc}", stacklevel=2)
+            log.warning(f"pair filter not trained, every aligned pair is kept: {exc}")
     summary["filter"] = pair_filter is not None
     del filter_cf
     relearner = Relearner(base, config, pair_filter, None, usable[0][0].cf.shape[2], summary, knowledge, fusion)  # type: ignore[arg-type]

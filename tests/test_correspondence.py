@@ -1,6 +1,7 @@
 """The correspondence stages through the stage runner: bad input, the pool, caching and resuming, on small real
 images."""
 
+import logging
 import shutil
 
 import numpy as np
@@ -130,13 +131,15 @@ def test_every_stage_is_cached_and_an_interrupted_run_resumes(folders, tmp_path)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
-def test_pool_smaller_than_k_warns_and_uses_what_there_is(folders, tmp_path):
+def test_pool_smaller_than_k_warns_and_uses_what_there_is(folders, tmp_path, caplog):
     entries = read_entries(images_in(folders).values(), RunReport())[:2]
     ws = Workspace(Cache(None))
     params = CorrespondenceParams(**{**FAST.__dict__, "neighbours": 5})
-    with pytest.warns(UserWarning, match="only 1 usable"):
+    with caplog.at_level(logging.WARNING, logger="relearn"):
         pairs = correspondences(ws, entries[0], pool_of(ws, entries), params)
+    assert "only 1 usable" in caplog.text
     assert [p.neighbour.name for p in pairs] == [entries[1].name]
     # a pool holding only the target itself gives no pairs, and says so
-    with pytest.warns(UserWarning, match="only 0 usable"):
+    with caplog.at_level(logging.WARNING, logger="relearn"):
         assert correspondences(ws, entries[0], pool_of(ws, entries[:1]), FAST) == []
+    assert "only 0 usable" in caplog.text

@@ -203,3 +203,17 @@ def test_progress_bar_only_on_long_runs_and_never_when_quiet(folders, monkeypatc
         monkeypatch.setattr(evaluate, "_PROGRESS_DELAY_S", delay)
         evaluate.evaluate_folders(pred, gt, progress=progress)
         assert ("evaluating" in terminal.getvalue()) == shown, (progress, delay)
+
+
+def test_missing_maps_are_said_on_the_summary_last_line_and_strict_makes_them_an_error(folders):
+    pred, gt, stems = folders
+    for stem in stems[:3]:
+        (pred / f"{stem}.png").unlink()
+    result = _run("--pred", pred, "--gt", gt, "--quiet")
+    assert result.exit_code == 0
+    assert result.stdout.strip().splitlines()[-1].startswith(f"incomplete: 3 of {STEMS} masks have no scored map")
+    assert _run("--pred", pred, "--gt", gt, "--quiet", "--strict").exit_code == 1
+    for stem in stems[:3]:
+        (gt / f"{stem}.png").unlink()
+    complete = _run("--pred", pred, "--gt", gt, "--quiet", "--strict")
+    assert complete.exit_code == 0 and "incomplete" not in complete.stdout

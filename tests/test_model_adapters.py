@@ -224,3 +224,44 @@ def test_network_options_are_validated_with_the_option_named():
         config_from_options({"input_size": 320})
     config = config_from_options({"model": "m.onnx", "input_size": "240x320", "sigmoid": "yes", "mean": "0.5,0.5,0.5"})
     assert config.input_size == (240, 320) and config.sigmoid and config.mean == (0.5, 0.5, 0.5)
+
+
+def test_onnx_output_chosen_by_name_and_the_applied_processing_described_with_its_sources(exported, rng):
+    model, folder = exported
+    adapter = plugins.get_adapter("onnx")
+    options = {**adapter.info.options, "model": str(folder / "net.onnx"), "mean": MEAN, "std": STD}
+    options.update(channel_order="bgr", output="logits", sigmoid=True, minmax=False, device="cpu")
+    described = plugins.check_options(adapter, options)
+    assert "output 1 'logits' (option)" in described and "BGR (option)" in described
+    assert "pixels / 255 (default)" in described and "input each image at its own size (default)" in described
+    images = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)]
+    by_name = predict("onnx", images, ["a"], **{key: value for key, value in options.items() if key != "device"})
+    np.testing.assert_allclose(by_name[0], expected_maps(model, images)[0], atol=1e-5)
+    defaults = plugins.check_options(adapter, {**adapter.info.options, "model": str(folder / "net.onnx")})
+    assert "mean 0.485,0.456,0.406 std 0.229,0.224,0.225 = ImageNet's (default)" in defaults
+    with pytest.raises(RelearnError, match="no output named 'saliency'; its outputs: mean, logits"):
+        plugins.check_options(adapter, {**options, "output": "saliency"})
+    torchscript = plugins.get_adapter("torchscript")
+    with pytest.raises(RelearnError, match="TorchScript outputs have no names"):
+        plugins.check_options(torchscript, {**options, "model": str(folder / "net.pt")})
+
+
+def test_a_bad_network_option_stops_predict_in_one_line_before_any_map_and_the_processing_is_said_once(
+    exported, sod_dir, tmp_path
+):
+    from click.testing import CliRunner
+
+    from relearn_core.cli import main
+
+    _, folder = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((sod_dir / "images").glob("*.jpg"))[:3]:
+        images.joinpath(path.name).write_bytes(path.read_bytes())
+    common = ["predict", "--base", "onnx", "--network", str(folder / "net.onnx"), "--images", str(images)]
+    bad = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "a"), "--base-option", "output=7"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "output 7 requested" in bad.stderr
+    assert not list((tmp_path / "a").glob("*.png"))
+    good = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "b"), "--batch-size", "1", "--no-cache"])
+    assert good.exit_code == 0, good.output
+    assert good.stderr.count("net.onnx: input each image at its own size") == 1  # said once, not per batch

@@ -1,6 +1,7 @@
 """relearn train + wrap end to end on six downscaled SOD images with their DSS maps, on each executor, bad input."""
 
 import dataclasses
+import logging
 import os
 import shutil
 import threading
@@ -270,9 +271,10 @@ def test_a_base_failing_on_some_images_is_listed_and_the_others_go_on(tiny, trai
     assert sorted(report.written) == sorted(set(STEMS) - {STEMS[3]})
 
 
-def test_an_image_with_no_usable_neighbour_keeps_its_base_map(tiny, trained, cache_dir, tmp_path):
-    with pytest.warns(UserWarning, match="pool has only 0"):
+def test_an_image_with_no_usable_neighbour_keeps_its_base_map(tiny, trained, cache_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="relearn"):
         report = run_wrap(tiny, trained[0], tmp_path / "out", cache_dir, images=[tiny / "images" / f"{STEMS[0]}.png"])
+    assert "pool has only 0" in caplog.text
     assert report.kept_base == [STEMS[0]]
     np.testing.assert_array_equal(
         read_map(tmp_path / "out" / f"{STEMS[0]}.png"), read_map(tiny / "maps" / f"{STEMS[0]}.png")

@@ -371,9 +371,9 @@ def test_model_file_that_is_not_a_network_is_named(sod_subset, tmp_path, base, s
         "--device",
         "cpu",
     )
-    assert result.exit_code == 1
-    assert f"base {base!r} failed on {COUNT} images" in result.stderr  # one line for the problem every image shares
-    assert str(fake) in result.stderr and kind in result.stderr
+    assert result.exit_code == 2  # found by the adapter's check of its options, before the first image
+    assert result.stderr.count("\n") == 1 and str(fake) in result.stderr and kind in result.stderr
+    assert not list((tmp_path / "out").glob("*.png"))
 
 
 def test_dss_maps_through_predict_and_eval_reproduce_the_published_sod_scores(sod_dir, tmp_path):

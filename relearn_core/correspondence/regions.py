@@ -14,13 +14,15 @@ scikit-image (compactness 20) 364 ms, recall 0.854, undersegmentation 0.025. Sam
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import cv2
 import numpy as np
 
 from ..records import ImageEntry, Proposals, Superpixels
 from ..workspace import Stage, Workspace
+
+log = logging.getLogger("relearn")
 
 SUPERPIXELS = 500
 SLIC_RULER = 20.0
@@ -179,7 +181,7 @@ def proposals(
         boxes = np.concatenate([boxes, grid])
         scores = np.concatenate([scores, np.full(len(grid), floor)])
         if len(boxes) < count:
-            warnings.warn(f"only {len(boxes)} proposals for a {width}x{height} image (asked for {count})", stacklevel=2)
+            log.warning(f"only {len(boxes)} proposals for a {width}x{height} image (asked for {count})")
     keep = select_spread(boxes, scores, count, float(np.hypot(*working.shape[:2])))
     full = np.round(boxes[keep] / scale).astype(np.int64)
     full[:, [0, 2]] = np.clip(full[:, [0, 2]], 0, width)

@@ -9,7 +9,7 @@ and the two are joined and scaled to unit length, so both weigh the same in the 
 
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -19,6 +19,8 @@ from skimage.feature import hog
 
 from ..records import Descriptor, ImageEntry
 from ..workspace import Stage, Workspace
+
+log = logging.getLogger("relearn")
 
 GIST_SIZE = 128
 GIST_SCALES = 4
@@ -196,7 +198,5 @@ class RetrievalIndex:
                 if len(found) == k:
                     break
         if len(found) < k:
-            warnings.warn(
-                f"retrieval pool has only {len(found)} usable images for {k} neighbours; using those", stacklevel=2
-            )
+            log.warning(f"retrieval pool has only {len(found)} usable images for {k} neighbours; using those")
         return found

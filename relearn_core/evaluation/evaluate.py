@@ -268,4 +268,10 @@ def format_summary(report: EvalReport) -> str:
                 metric.TITLE,
                 "  " + "    ".join(f"{score.label}  {report.scores[score.key]:.4f}" for score in metric.SCORES),
             ]
+    missing = len(report.skipped) + len(report.unmatched_masks)
+    if missing:  # last, where a reader of the scores looks: they cover only part of the masks
+        lines.append(
+            f"incomplete: {missing} of {report.count + missing} masks have no scored map "
+            f"({len(report.unmatched_masks)} without a map, {len(report.skipped)} skipped)"
+        )
     return "\n".join(lines)
