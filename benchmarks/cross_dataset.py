@@ -25,7 +25,7 @@ from relearn_core import __version__
 from relearn_core.api import RunReport, copies, knowledge_adapter, predict, read_entries, train, wrap
 from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
-from relearn_core.config import RelearnConfig
+from relearn_core.config import default_config
 from relearn_core.executors import make_executor
 from relearn_core.imageio import atomic_write_bytes, images_in, list_by_stem, read_image, read_mask
 from relearn_core.relearning.pseudo_gt import crf_refine
@@ -43,10 +43,11 @@ def run(args) -> dict:
         Cache(args.cache) if args.cache else Cache(), device, make_executor(args.executor, args.threads, device)
     )
     adapter = select_base(args.base)
-    config = RelearnConfig()
+    config = default_config()
     for path in args.config:
         config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
-    config = config.with_overrides({"backbone": args.backbone})
+    if args.backbone:
+        config = config.with_overrides({"backbone": args.backbone})
     targets = labelled(args.data)
     target_entries = read_entries(list(targets), RunReport())
     training = {}
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train", action="append", required=True, type=Path, help="labelled dataset (repeatable)")
     parser.add_argument("--data", required=True, type=Path, help="the dataset wrapped and scored (images/, gt/)")
     parser.add_argument("--base", required=True, help="a base that computes its maps")
-    parser.add_argument("--backbone", default="u2netp")
+    parser.add_argument("--backbone", help="default: the default configuration's (registry.yaml)")
     parser.add_argument("--config", action="append", default=[], type=Path, help="YAML overrides (repeatable)")
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--device", default="auto")

@@ -45,9 +45,9 @@ from relearn_core import __version__
 from relearn_core.api import RunReport, copies, knowledge_adapter, predict, read_entries, train, wrap
 from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
-from relearn_core.config import RelearnConfig
+from relearn_core.config import default_config
 from relearn_core.evaluation.evaluate import SCORE_KEYS
-from relearn_core.evaluation.metrics import SaliencyMetrics
+from relearn_core.evaluation.metrics import ImagePair, SaliencyMetrics
 from relearn_core.evaluation.protocol import BEYOND, COMPONENTS, FULL, component, folds_of
 from relearn_core.executors import make_executor
 from relearn_core.imageio import (
@@ -75,19 +75,21 @@ def quantised(saliency: np.ndarray) -> np.ndarray:
 
 
 class ChangedPixels:
-    """Where the re-learner changed the written map: is Our(X) closer to the ground truth there than X?"""
+    """Where Our(X) differs from X as the metrics see them: is Our(X) closer to the ground truth there?"""
 
     def __init__(self):
         self.pixels = self.changed = 0
         self.base_error = self.ours_error = 0.0
 
     def step(self, base: np.ndarray, ours: np.ndarray, gt: np.ndarray) -> None:
-        moved = base != ours
+        # each map min-max normalised as the metrics do (PySODMetrics), so these errors agree with the MAE column
+        base_values, ours_values = ImagePair(base, gt).normalised, ImagePair(ours, gt).normalised
+        moved = base_values != ours_values
         truth = gt[moved].astype(np.float64)
         self.pixels += base.size
         self.changed += int(moved.sum())
-        self.base_error += float(np.abs(base[moved] / 255.0 - truth).sum())
-        self.ours_error += float(np.abs(ours[moved] / 255.0 - truth).sum())
+        self.base_error += float(np.abs(base_values[moved] - truth).sum())
+        self.ours_error += float(np.abs(ours_values[moved] - truth).sum())
 
     def results(self) -> dict:
         count = max(self.changed, 1)
@@ -137,12 +139,13 @@ def run(args) -> dict:
     )
     adapter = select_base(args.base, args.adapter, args.maps)
     options = {"maps": str(args.maps)} if args.maps else {}
-    config = RelearnConfig()
+    config = default_config()
     if args.fast:
         config = config.with_overrides(FAST)
     for path in args.config:
         config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
-    config = config.with_overrides({"backbone": args.backbone})
+    if args.backbone:
+        config = config.with_overrides({"backbone": args.backbone})
 
     images = list_by_stem(data / "images")
     masks = list_by_stem(data / "gt")
@@ -361,7 +364,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--pool", action="append", default=[], type=Path, help="extra unlabelled pool folder (repeatable)"
     )
-    parser.add_argument("--backbone", default="handcrafted")
+    parser.add_argument("--backbone", help="default: the default configuration's (registry.yaml)")
     parser.add_argument(
         "--config",
         action="append",

@@ -26,7 +26,7 @@ import numpy as np
 from . import plugins
 from .base import BaseMapFailure, base_maps
 from .checkpoint import Relearner
-from .config import RelearnConfig
+from .config import RelearnConfig, default_config
 from .correspondence.retrieval import RetrievalIndex
 from .errors import InputError, RelearnError
 from .executors import one_torch_thread
@@ -238,7 +238,7 @@ def train(
     *,
     pools: Sequence[Sequence[ImagePath]] = (),
     options: Mapping | None = None,
-    config: RelearnConfig = RelearnConfig(),
+    config: RelearnConfig | None = None,
     workspace: Workspace | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
@@ -249,7 +249,9 @@ def train(
     :param ground_truth: image path -> its mask (a file, or a bool array); images without one serve in the pool only.
     :param pools: further images (unlabelled) for the pool; the training images are always in it. Pool images get
         base maps and pseudo-GT, never ground truth (with ``label_transfer``, labelled training images lend theirs).
+    :param config: the re-learner's configuration (default: :func:`~relearn_core.config.default_config`).
     """
+    config = config or default_config()
     adapter = _adapter(base)
     ws = workspace or Workspace()
     progress = _progress(progress)

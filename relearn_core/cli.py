@@ -633,7 +633,8 @@ def _labelled(images_dir: Path, gt_dir: Path) -> tuple[list[Path], dict[Path, Pa
 @click.option(
     "--backbone",
     default=None,
-    help="Feature backbone (default: handcrafted, needs no weights; vgg16-hed is the paper's).",
+    help="Feature backbone (default: registry.yaml's relearn: section; handcrafted needs no weights, vgg16-hed is "
+    "the paper's, u2netp carries U2-Net-p's saliency knowledge; a+b joins two).",
 )
 @click.option(
     "--config",
@@ -669,7 +670,7 @@ def train_command(
     from .api import train
     from .base import resolve_device
     from .checkpoint import is_checkpoint, save_checkpoint
-    from .config import RelearnConfig
+    from .config import default_config
     from .errors import InputError
     from .imageio import images_in
     from .outputs import probe_writable, refuse_overlap
@@ -678,7 +679,7 @@ def train_command(
     if out_path.exists() and not overwrite and not is_checkpoint(out_path):
         raise InputError(out_path, "exists and is not a relearn checkpoint: give another --out, or --overwrite")
     probe_writable(out_path, folder=False)
-    config = RelearnConfig()
+    config = default_config()
     if config_path is not None:
         try:
             overrides = yaml.safe_load(Path(config_path).read_text()) or {}

@@ -63,7 +63,7 @@ class RelearnConfig:
         def merge(base: dict, extra: Mapping, where: str) -> dict:
             for key, value in extra.items():
                 if key not in base:
-                    raise RelearnError(f"unknown configuration field {where}{key!r}; known: {', '.join(base)}")
+                    raise RelearnError(f"unknown configuration field {where + key!r}; known: {', '.join(base)}")
                 base[key] = merge(dict(base[key]), value, f"{where}{key}.") if isinstance(base[key], dict) else value
             return base
 
@@ -72,6 +72,18 @@ class RelearnConfig:
     @classmethod
     def from_dict(cls, values: Mapping) -> RelearnConfig:
         return _dataclass_from_dict(cls, values)
+
+
+def default_config() -> RelearnConfig:
+    """The configuration a re-learner gets when none is given: RelearnConfig's field defaults with the ``relearn:``
+    section of registry.yaml (and of ``$RELEARN_REGISTRY``) laid over them, e.g. the backbone."""
+    from .registry import load_registry
+
+    registry = load_registry()
+    try:
+        return RelearnConfig().with_overrides(registry.relearn)
+    except RelearnError as exc:
+        raise RelearnError(f"{registry.paths[-1]}: 'relearn': {exc}") from None
 
 
 def _dataclass_from_dict(cls, values: Mapping):

@@ -65,6 +65,9 @@ class Registry:
     networks: tuple[NetworkBase, ...]
     published_source: str
     paths: tuple[Path, ...]  #: the files it was read from
+    #: the re-learner's default configuration (fields of RelearnConfig, nested as in a --config file); a user
+    #: registry's entries are laid over the built-in ones
+    relearn: Mapping[str, Any] = field(default_factory=dict)
 
     def baseline(self, name: str) -> Baseline | None:
         return next((entry for entry in self.baselines if entry.name == name.lower()), None)
@@ -149,11 +152,15 @@ def _parse(path: Path) -> Registry:
         raise InputError(path, "'baselines' must be a mapping of name -> entry")
     if not isinstance(networks, list):
         raise InputError(path, "'networks' must be a list of entries")
+    relearn = data.get("relearn") or {}
+    if not isinstance(relearn, dict):
+        raise InputError(path, "'relearn' must be a mapping of re-learner configuration fields")
     return Registry(
         baselines=tuple(_parse_baseline(path, name, values) for name, values in baselines.items()),
         networks=tuple(_parse_network(path, values) for values in networks),
         published_source=str(data.get("published_source", "")),
         paths=(path,),
+        relearn=relearn,
     )
 
 
@@ -173,6 +180,7 @@ def _load(paths: tuple[Path, ...], versions: tuple[int, ...]) -> Registry:
         networks=tuple(entry for part in parts for entry in part.networks),
         published_source=parts[0].published_source,
         paths=paths,
+        relearn={key: value for part in parts for key, value in part.relearn.items()},
     )
     seen: dict[str, Path] = {}
     for part in parts:

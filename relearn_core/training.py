@@ -77,7 +77,7 @@ def fit(
     base: str,
     images: list[TrainingImage | None],
     held_out: np.ndarray,
-    config: RelearnConfig = RelearnConfig(),
+    config: RelearnConfig,
     device: str = "cpu",
     progress: Progress | None = None,
     knowledge: str = "",

@@ -381,7 +381,7 @@ def test_cli_train_and_wrap(tiny, trained, cache_dir, tmp_path, monkeypatch):
             str(tmp_path / "x.pt"),
         ],
     )
-    assert result.exit_code == 2 and "unknown configuration field joint.'epoch'" in result.output
+    assert result.exit_code == 2 and "unknown configuration field 'joint.epoch'" in result.output
 
 
 def test_training_without_any_labelled_image_says_so(tiny, config, cache_dir, tmp_path):

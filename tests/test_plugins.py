@@ -409,6 +409,22 @@ def test_user_registry_adds_named_networks(tmp_path, monkeypatch):
         load_registry()
 
 
+def test_the_registry_sets_the_re_learners_defaults_and_a_user_registry_lays_its_own_over_them(tmp_path, monkeypatch):
+    from relearn_core.config import RelearnConfig, default_config
+
+    assert load_registry().relearn == {"backbone": "u2netp"}
+    assert default_config() == RelearnConfig().with_overrides({"backbone": "u2netp"})
+    user = tmp_path / "mine.yaml"
+    user.write_text("relearn:\n  backbone: handcrafted\n  joint: {loss: l1}\n")
+    monkeypatch.setenv("RELEARN_REGISTRY", str(user))
+    config = default_config()
+    assert (config.backbone, config.joint.loss, config.join) == ("handcrafted", "l1", "fused")
+    user.write_text("relearn:\n  joint: {epoch: 3}\n")
+    os.utime(user, ns=(0, 0))
+    with pytest.raises(RelearnError, match=r"mine.yaml: 'relearn': unknown configuration field 'joint.epoch'"):
+        default_config()
+
+
 @pytest.mark.parametrize(
     "text, problem",
     [

@@ -99,7 +99,7 @@ class Relearning:
     @property
     def key(self) -> str:
         """A short hash of everything that fixes the re-learner, so a changed config never reuses stale files."""
-        from ..config import RelearnConfig
+        from ..config import default_config
 
         spec = self.spec
 
@@ -118,7 +118,7 @@ class Relearning:
             "folds": spec.folds,
             "seed": spec.seed,
             "pool": [where(p) for p in spec.pool] if self.with_pool else [],
-            "config": RelearnConfig().with_overrides(self.overrides).to_dict(),
+            "config": default_config().with_overrides(self.overrides).to_dict(),
             "checkpoint": where(spec.checkpoint),
             "version": __version__.split(".")[:2],
         }
@@ -220,7 +220,7 @@ class TrainUnit:
         """Train the re-learner and write its checkpoint; ``{"error": message}`` when it cannot be."""
         from ..api import train
         from ..checkpoint import save_checkpoint
-        from ..config import RelearnConfig
+        from ..config import default_config
 
         try:
             report = train(
@@ -229,7 +229,7 @@ class TrainUnit:
                 settings.adapter(self.adapter, self.options),
                 pools=self.pools,
                 options=dict(self.options),
-                config=RelearnConfig().with_overrides(self.overrides),
+                config=default_config().with_overrides(self.overrides),
                 workspace=settings.workspace(),
             )
             save_checkpoint(report.relearner, self.checkpoint)

@@ -506,10 +506,10 @@ def _relearn_spec(
         )
     if "config" in entry:
         overrides = _mapping(source, entry["config"] or {}, (*keys, "config"), f"{where}: 'config'")
-        from ..pipeline import RelearnConfig
+        from ..config import default_config
 
         try:
-            RelearnConfig().with_overrides(overrides)
+            default_config().with_overrides(overrides)
         except (RelearnError, TypeError) as exc:
             raise source.error((*keys, "config"), f"{where}: 'config': {exc}") from None
         spec = replace(spec, overrides=overrides)
