@@ -385,7 +385,7 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         help="an ablation variant to run besides the full method (repeatable): C2..C5, "
-        "'paper join', 'no correspondence', 'label transfer'",
+        "'paper join', 'no correspondence', 'fusion only', 'label transfer'",
     )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)

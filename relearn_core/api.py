@@ -35,7 +35,7 @@ from .pipeline import Pool, prepare_image, relearn_image, training_image
 from .records import ImageEntry, WrapOutcome, read_entry
 from .relearning.features import backbone_parts
 from .relearning.saliency import fuse
-from .training import IDENTITY_FUSION, Progress, fit, fit_fusion, held_out_images, negative_cap
+from .training import IDENTITY_FUSION, Progress, choose_fusion, fit, fit_fusion, held_out_images, negative_cap
 from .workspace import Timings, Workspace
 
 ImagePath = str | os.PathLike
@@ -275,10 +275,14 @@ def train(
         knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, report, progress)
         targets = [(entry, gt) for entry, gt in targets if not knowledge or entry.hash in knowledge_maps]
         held = held_out_images(len(targets), config)
-        fusion = IDENTITY_FUSION
+        fusion, fusion_choice = IDENTITY_FUSION, None
         if config.join == "fused":
-            fusion = fit_fusion(
-                [(maps[e.hash], knowledge_maps.get(e.hash), gt) for (e, gt), out in zip(targets, held) if not out]
+            fusion, fusion_choice = choose_fusion(
+                fit_fusion(
+                    [(maps[e.hash], knowledge_maps.get(e.hash), gt) for (e, gt), out in zip(targets, held) if not out]
+                ),
+                [(maps[e.hash], knowledge_maps.get(e.hash), gt) for (e, gt), out in zip(targets, held) if out],
+                config,
             )
         start = _start_maps([e for e, _ in targets], maps, knowledge_maps, fusion)
         pool = prepare_pool(ws, pool_entries, maps, config, progress)
@@ -292,6 +296,8 @@ def train(
             found.append(image)
             progress("pairs", done, len(items))
         report.relearner = fit(adapter.name, found, held, config, ws.device, progress, knowledge, fusion)
+        if fusion_choice is not None:
+            report.relearner.summary["fusion_held_out"] = fusion_choice
     report.timings = timings
     return report
 

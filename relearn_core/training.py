@@ -22,7 +22,7 @@ from .evaluation.metrics import MAE, DatasetPR
 from .records import TrainingImage
 from .relearning.joint import JointRelearner, PairBatch, predict_joint, split_groups, train_joint
 from .relearning.pair_filter import train_pair_filter
-from .relearning.saliency import join_with_base, logit
+from .relearning.saliency import fuse, join_with_base, logit
 
 log = logging.getLogger("relearn")
 
@@ -188,6 +188,30 @@ def final_map(evidence, start_map: np.ndarray, relearned: np.ndarray, config: Re
     fused map) corrected everywhere, or with join "paper" only where the pseudo-GT is unsure."""
     changeable = evidence.pseudo_gt.unsure if config.join == "paper" else None
     return join_with_base(evidence.entry.image, start_map, evidence.superpixels, relearned, changeable)
+
+
+def choose_fusion(
+    fusion: tuple[float, float, float],
+    held: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+    config: RelearnConfig,
+) -> tuple[tuple[float, float, float], dict]:
+    """The learned ``fusion``, or the base alone (the identity) when that scores better on the ``held`` training
+    images [(base map, knowledge map or None, mask), ...] by ``config.select``: logistic regression fits the pixels'
+    cross-entropy, not max F or MAE, and a base re-learned with its own network gains nothing from fusing with itself.
+    Returns the chosen weights and both candidates' held-out scores (with no held image: the learned fusion)."""
+    if not held:
+        return fusion, {"weights": list(fusion), "kept": True}
+    scores = {}
+    for name, weights in (("base", IDENTITY_FUSION), ("fused", fusion)):
+        max_f, mae = DatasetPR(), MAE()
+        for base_map, knowledge_map, gt in held:
+            start = base_map if weights == IDENTITY_FUSION else fuse(base_map, knowledge_map, weights)
+            written = np.round(np.clip(start, 0, 1) * 255).astype(np.uint8)  # scored as wrap writes it
+            max_f.step(written, gt)
+            mae.step(written, gt)
+        scores[name] = {"max_f": max_f.results()["max_f"], "mae": mae.results()["mae"]}
+    better = objective(config, **scores["fused"]) > objective(config, **scores["base"])
+    return (fusion if better else IDENTITY_FUSION), {"weights": list(fusion), **scores, "kept": better}
 
 
 def held_out_scores(

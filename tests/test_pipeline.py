@@ -523,9 +523,11 @@ def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, tiny,
 
     fused = config.with_overrides({"join": "fused", "backbone": backbone, "joint": {"loss": "l1"}})
     relearner = run_train(tiny, fused, cache_dir).relearner
-    a, b, _ = relearner.fusion
+    choice = relearner.summary["fusion_held_out"]
+    a, b, _ = choice["weights"]  # learned on the training images, kept when the held-out one says it helps
     assert relearner.knowledge == ("u2netp" if backbone == "u2netp" else "")
     assert a > 0 and (b > 0 if backbone == "u2netp" else b == 0)
+    assert relearner.fusion == (tuple(choice["weights"]) if choice["kept"] else (1.0, 0.0, 0.0))
     assert relearner.shrink in fused.shrinks or not relearner.corrects
     report = run_wrap(tiny, None, tmp_path / "out", cache_dir, relearner=relearner)
     assert sorted(report.written) == sorted(STEMS)
@@ -545,3 +547,20 @@ def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, tiny,
         changed_where_trusted += int((moved & ~bilevel_pseudo_gt(image, base).unsure).sum())
     if relearner.corrects:
         assert changed_where_trusted > 0  # the paper's join would never change these pixels
+
+
+def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_base(tiny, config):
+    from relearn_core.training import IDENTITY_FUSION, choose_fusion
+
+    held = []
+    for stem in STEMS:
+        base = read_map(tiny / "maps" / f"{stem}.png").astype(np.float32)
+        gt = read_mask(tiny / "gt" / f"{stem}.png")
+        held.append((base, np.clip(np.where(gt, 0.9, 0.1), 0, 1).astype(np.float32), gt))
+    trusting = (0.5, 2.0, 0.0)  # leans on a knowledge map that is close to the truth: better than the base
+    assert choose_fusion(trusting, held, config)[0] == trusting
+    softened = (0.2, 0.0, 0.0)  # the base alone, squashed: max F as the base's, MAE worse
+    weights, scores = choose_fusion(softened, [(b, None, gt) for b, _, gt in held], config)
+    assert weights == IDENTITY_FUSION and not scores["kept"]
+    assert scores["fused"]["mae"] > scores["base"]["mae"]
+    assert choose_fusion(softened, [], config)[0] == softened  # nothing held out: nothing to judge by

@@ -62,6 +62,12 @@ BEYOND = (
         "each target superpixel re-learned alone: no retrieval, flow, alignment or pair filter",
     ),
     Component(
+        "fusion only",
+        {"joint": {"epochs": 0}},
+        True,
+        "the base fused with the backbone's own saliency map, no correction: what the knowledge alone gives",
+    ),
+    Component(
         "label transfer",
         {"label_transfer": True},
         True,
