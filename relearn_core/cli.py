@@ -566,7 +566,7 @@ class StageProgress:
 
 def _echo_run_report(report, what: str) -> None:
     if report.unreadable:
-        click.echo(f"relearn: {len(report.unreadable)} unreadable images skipped:", err=True)
+        click.echo(f"relearn: {len(report.unreadable)} images skipped (unreadable, or too small):", err=True)
         for path, problem in report.unreadable:
             click.echo(f"  {path}: {problem}", err=True)
     if report.duplicates:

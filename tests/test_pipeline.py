@@ -564,3 +564,24 @@ def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_bas
     assert weights == IDENTITY_FUSION and not scores["kept"]
     assert scores["fused"]["mae"] > scores["base"]["mae"]
     assert choose_fusion(softened, [], config)[0] == softened  # nothing held out: nothing to judge by
+
+
+def test_an_image_below_the_minimum_side_is_skipped_by_wrap_with_the_minimum_named(
+    tiny, trained, cache_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
+    images = tmp_path / "images"
+    shutil.copytree(tiny / "images", images)
+    Image.new("RGB", (10, 10), (200, 40, 40)).save(images / "small.png")
+    maps = tmp_path / "maps"
+    shutil.copytree(tiny / "maps", maps)
+    Image.new("L", (10, 10), 128).save(maps / "small.png")
+    common = ["--base", "dss", "--maps", str(maps), "--images", str(images), "-q"]
+    predicted = CliRunner().invoke(main, ["predict", *common, "--out", str(tmp_path / "p")])
+    assert predicted.exit_code == 0 and (tmp_path / "p" / "small.png").is_file()  # predict takes any size
+    wrapped = CliRunner().invoke(main, ["wrap", *common, "--model", str(trained[0]), "--out", str(tmp_path / "o")])
+    assert wrapped.exit_code == 1  # a requested map was not written
+    assert (
+        "too small" in wrapped.output and "small.png: image is 10x10 px; needs at least 32 px a side" in wrapped.output
+    )
+    assert sorted(p.stem for p in (tmp_path / "o").glob("*.png")) == sorted(STEMS)

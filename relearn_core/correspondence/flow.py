@@ -41,12 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RelearnError
-from ..records import FlowGrid, ImageEntry
+from ..records import MIN_SIDE, FlowGrid, ImageEntry
 from ..workspace import Stage, Workspace
 
 CONTRAST_FLOOR = 0.05  # descriptors of gradients weaker than this fraction of the mean stay short
 SUBPIXEL_SMOOTHING = 1.0  # sigma (working px) of the Gaussian over the refined flow
-MIN_SIDE = 32  # smaller images do not hold one SIFT descriptor's support at the working resolution
 FLOW_STAGE = Stage("flow", 1)
 FLOW_GRID = 240  #: long side of the grid over the target on which flows are stored and the alignment reads them
 
