@@ -731,6 +731,15 @@ def _echo_held_out(relearner) -> None:
         else (f"the base fused with {relearner.knowledge}'s maps (logit weights {a:.2f} and {b:.2f}, bias {c:.2f})")
     )
     before, after = held["before"], held["after"]
+    choice = relearner.summary.get("fusion_held_out") or {}
+    if choice.get("kept") is False:
+        fused, alone = choice["fused"], choice["base"]
+        click.echo(
+            f"relearn: on its {images} held-out training images the base fused with {relearner.knowledge}'s maps "
+            f"(max F {fused['max_f']:.4f}, MAE {fused['mae']:.4f}) did not beat the base alone (max F "
+            f"{alone['max_f']:.4f}, MAE {alone['mae']:.4f}): it corrects the base's own maps",
+            err=True,
+        )
     if not relearner.corrects:
         click.echo(
             f"relearn: on its {images} held-out training images no correction made {start} better (max F "
