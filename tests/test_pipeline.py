@@ -585,3 +585,15 @@ def test_an_image_below_the_minimum_side_is_skipped_by_wrap_with_the_minimum_nam
         "too small" in wrapped.output and "small.png: image is 10x10 px; needs at least 32 px a side" in wrapped.output
     )
     assert sorted(p.stem for p in (tmp_path / "o").glob("*.png")) == sorted(STEMS)
+
+
+def test_the_shipped_u2netp_re_learner_changes_maps_and_never_trained_on_the_readme_examples():
+    from relearn_core.checkpoint import SHIPPED_CHECKPOINTS
+    from relearn_core.imageio import content_hash, images_in
+
+    relearner = load_checkpoint(SHIPPED_CHECKPOINTS / "u2netp.pt", "u2netp")
+    assert not relearner.keeps_base  # the README's main job writes maps of its own, not U2-Net-p's
+    trained = {digest for _, digest in relearner.summary["trained_on"]}
+    assert len(trained) == 300  # all of SOD, by the README's command
+    examples = Path(__file__).resolve().parent.parent / "examples" / "images"
+    assert not trained & {content_hash(path) for path in images_in(examples).values()}
