@@ -34,5 +34,15 @@ def sod_dir(data_dir) -> Path:
 
 
 @pytest.fixture
+def fresh_plugin_manager():
+    """A plugin manager built afresh for the test (adapters a test registers do not leak into the next)."""
+    from relearn_core import plugins
+
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

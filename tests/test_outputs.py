@@ -10,7 +10,6 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from relearn_core import plugins
 from relearn_core.cli import main
 from relearn_core.errors import InputError
 from relearn_core.imageio import atomic_write_bytes
@@ -20,11 +19,7 @@ STEMS = ("100075", "100080", "100098")
 UNWRITABLE = "/proc/relearn-test"  # not writable even by root, unlike a chmod-ed folder
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugin_manager():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugin_manager")
 
 
 @pytest.fixture

@@ -23,11 +23,7 @@ EXAMPLE = REPO / "examples" / "custom_adapter"
 RELEARN = Path(sys.executable).parent / "relearn"
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugin_manager():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugin_manager")
 
 
 def write_plugin(folder: Path, name: str, body: str) -> Path:

@@ -26,11 +26,7 @@ from relearn_core.workspace import Workspace
 COUNT = 5
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugin_manager():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugin_manager")
 
 
 @pytest.fixture
