@@ -43,15 +43,15 @@ def error_line(result) -> str:
     return lines[0]
 
 
+def train_dss(folder, out):
+    dss = ["--base", "dss", "--maps", folder / "dss"]
+    return relearn("train", *dss, "--images", folder / "images", "--gt", folder / "gt", "--out", out)
+
+
 def test_train_refuses_an_out_inside_its_training_images_and_leaves_the_image_intact(sod_copy):
     target = sod_copy / "images" / "100075.jpg"
     before = target.read_bytes()
-    result = relearn(
-        "train",
-        "--base", "dss", "--maps", sod_copy / "dss",
-        "--images", sod_copy / "images", "--gt", sod_copy / "gt",
-        "--out", target,
-    )  # fmt: skip
+    result = train_dss(sod_copy, target)
     assert result.exit_code == 2
     assert "never writes inside its inputs" in error_line(result)
     assert target.read_bytes() == before
@@ -60,12 +60,7 @@ def test_train_refuses_an_out_inside_its_training_images_and_leaves_the_image_in
 def test_train_refuses_to_replace_a_file_that_is_not_a_checkpoint_unless_told(sod_copy):
     notes = sod_copy / "notes.pt"
     notes.write_text("my notes")
-    result = relearn(
-        "train",
-        "--base", "dss", "--maps", sod_copy / "dss",
-        "--images", sod_copy / "images", "--gt", sod_copy / "gt",
-        "--out", notes,
-    )  # fmt: skip
+    result = train_dss(sod_copy, notes)
     assert result.exit_code == 2
     assert "not a relearn checkpoint" in error_line(result) and "--overwrite" in result.output
     assert notes.read_text() == "my notes"
