@@ -316,13 +316,18 @@ def torchscript_module(path: Path, device: str = "cpu"):
     return _torchscript_module(str(resolved), resolved.stat().st_mtime, device)
 
 
+def torchscript_checked(config: NetworkConfig):
+    """The loaded TorchScript module of ``config``, after refusing an output chosen by name (it has none)."""
+    if config.output_name:
+        raise RelearnError(f"option output={config.output_name!r}: TorchScript outputs have no names, give an index")
+    return torchscript_module(config.model, config.device)
+
+
 def predict_torchscript(images: Sequence[np.ndarray], config: NetworkConfig) -> list[np.ndarray]:
     """Saliency maps of ``images`` from the TorchScript network described by ``config``, run on ``config.device``."""
     import torch
 
-    if config.output_name:
-        raise RelearnError(f"option output={config.output_name!r}: TorchScript outputs have no names, give an index")
-    module = torchscript_module(config.model, config.device)
+    module = torchscript_checked(config)
     maps: list[np.ndarray] = []
     for group in _batches(len(images), config, None):
         group_images = [images[index] for index in group]
@@ -396,7 +401,7 @@ def describe(config: NetworkConfig, options: Mapping[str, Any], from_model: bool
     return (
         f"{config.model.name}: input {size} ({'model' if from_model else source('input_size')}), "
         f"pixels {scale} ({source('input_scale')}), mean {mean} std {std}{imagenet} "
-        f"({source('mean') if source('mean') == 'option' else source('std')}), "
+        f"({'option' if 'option' in (source('mean'), source('std')) else 'default'}), "
         f"{config.channel_order.upper()} ({source('channel_order')}), output {output} ({source('output')}), "
         f"sigmoid {on[config.sigmoid]} ({source('sigmoid')}), min-max {on[config.minmax]} ({source('minmax')})"
     )
@@ -408,9 +413,7 @@ def relearn_check_options(adapter: str, options: Mapping[str, Any]) -> str:
     if adapter == "onnx":
         config, _, from_model = onnx_config(config)
         return describe(config, options, from_model)
-    if config.output_name:
-        raise RelearnError(f"option output={config.output_name!r}: TorchScript outputs have no names, give an index")
-    torchscript_module(config.model, config.device)
+    torchscript_checked(config)
     return describe(config, options)
 
 

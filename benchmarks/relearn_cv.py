@@ -52,6 +52,7 @@ from relearn_core.evaluation.protocol import BEYOND, COMPONENTS, FULL, component
 from relearn_core.executors import make_executor
 from relearn_core.imageio import (
     atomic_write_bytes,
+    eight_bit,
     images_in,
     list_by_stem,
     read_image,
@@ -67,11 +68,6 @@ FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges)
         "flow": {"working_size": 112, "levels": 2, "top_iterations": 10, "iterations": 5},
     },
 }
-
-
-def quantised(saliency: np.ndarray) -> np.ndarray:
-    """The map as relearn writes it (8-bit PNG), so scores match `relearn eval` on written maps."""
-    return np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)
 
 
 class ChangedPixels:
@@ -108,8 +104,8 @@ class Scorer:
         self.per_fold: dict[int, SaliencyMetrics] = defaultdict(SaliencyMetrics)
 
     def step(self, fold: int, saliency: np.ndarray, gt: np.ndarray) -> None:
-        self.overall.step(quantised(saliency), gt)
-        self.per_fold[fold].step(quantised(saliency), gt)
+        self.overall.step(eight_bit(saliency), gt)  # as relearn writes it: scores match `relearn eval`
+        self.per_fold[fold].step(eight_bit(saliency), gt)
 
     def scores(self) -> dict:
         values = self.overall.scores()
@@ -251,7 +247,7 @@ def run(args) -> dict:
                 gt, base_map, outcome = gts[path], base_maps[path], outcomes[path]
                 relearned_images += outcome.relearned
                 scorers["base"].step(k, base_map, gt)
-                changed.step(quantised(base_map), quantised(outcome.saliency), gt)
+                changed.step(eight_bit(base_map), eight_bit(outcome.saliency), gt)
                 start = time.perf_counter()
                 refined = crf_refine(read_image(path), base_map)
                 stage_seconds["base_crf (the anchor, not part of wrap)"] += time.perf_counter() - start

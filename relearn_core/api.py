@@ -277,11 +277,10 @@ def train(
         held = held_out_images(len(targets), config)
         fusion, fusion_choice = IDENTITY_FUSION, None
         if config.join == "fused":
+            samples = [(maps[e.hash], knowledge_maps.get(e.hash), gt) for e, gt in targets]
             fusion, fusion_choice = choose_fusion(
-                fit_fusion(
-                    [(maps[e.hash], knowledge_maps.get(e.hash), gt) for (e, gt), out in zip(targets, held) if not out]
-                ),
-                [(maps[e.hash], knowledge_maps.get(e.hash), gt) for (e, gt), out in zip(targets, held) if out],
+                fit_fusion([sample for sample, out in zip(samples, held) if not out]),
+                [sample for sample, out in zip(samples, held) if out],
                 config,
             )
         start = _start_maps([e for e, _ in targets], maps, knowledge_maps, fusion)

@@ -137,18 +137,6 @@ OVERWRITE = click.option(
 )
 
 
-def _map_settings(command: str, base: BaseChoice, adapter, **more) -> dict:
-    """What makes a folder's maps what they are, kept in its manifest (relearn_core/outputs.py)."""
-    return {
-        "command": command,
-        "base": adapter.name,
-        "adapter_version": adapter.source.version,
-        "options": base.options(),
-        "relearn_version": __version__,
-        **more,
-    }
-
-
 ADAPTER_FILES = click.option(
     "--adapter",
     "adapter_files",
@@ -297,13 +285,13 @@ def predict(base, images_dir, out_dir, batch_size, no_cache, executor, executor_
     from .api import predict as predict_maps
     from .base import BaseMapFailure, resolve_device
     from .imageio import images_in, write_map
-    from .outputs import claim_map_folder, probe_writable, refuse_overlap
+    from .outputs import claim_map_folder, map_settings, probe_writable, refuse_overlap
 
     adapter = base.adapter()
     images = images_in(images_dir)
     refuse_overlap(out_dir, [images_dir, base.maps, base.network])
     probe_writable(out_dir, folder=True)
-    keep = claim_map_folder(out_dir, _map_settings("predict", base, adapter), overwrite)
+    keep = claim_map_folder(out_dir, map_settings("predict", adapter, base.options()), overwrite)
     todo = [path for stem, path in images.items() if not (keep and (Path(out_dir) / f"{stem}.png").exists())]
     failures: list[BaseMapFailure] = []
     device = resolve_device(base.device)
@@ -795,7 +783,7 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
     from .base import resolve_device
     from .checkpoint import default_checkpoint, load_checkpoint
     from .imageio import content_hash, images_in, write_map
-    from .outputs import claim_map_folder, probe_writable, refuse_overlap
+    from .outputs import claim_map_folder, map_settings, probe_writable, refuse_overlap
 
     adapter = base.adapter()
     out_dir = Path(out_dir)
@@ -805,10 +793,10 @@ def wrap_command(base, checkpoint, images_dir, pools, out_dir, no_cache, executo
     relearner = load_checkpoint(checkpoint, adapter.name, device)
     images = images_in(images_dir)
     probe_writable(out_dir, folder=True)
-    settings = _map_settings(
+    settings = map_settings(
         "wrap",
-        base,
         adapter,
+        base.options(),
         checkpoint=content_hash(checkpoint),
         config=relearner.config.to_dict(),
         pools=[str(Path(p).resolve()) for p in pools] or "the input images",

@@ -112,6 +112,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return read_map(path) > 0.5
 
 
+def unwritable(path: str | os.PathLike, exc: OSError) -> InputError:
+    """The one-line error for a path the operating system refused to write."""
+    return InputError(path, f"cannot be written ({exc.strerror or type(exc).__name__})")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
     path = Path(path)
@@ -119,7 +124,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(path, f"cannot be written ({exc.strerror or type(exc).__name__})") from None
+        raise unwritable(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -127,10 +132,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile: one line, the old file intact
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(path, f"cannot be written ({exc.strerror or type(exc).__name__})") from None
+        raise unwritable(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def eight_bit(saliency: np.ndarray) -> np.ndarray:
+    """A float map in [0, 1] as the uint8 values a written map holds."""
+    return np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)
 
 
 def write_map(path: str | os.PathLike, saliency: np.ndarray) -> None:
@@ -141,7 +151,7 @@ def write_map(path: str | os.PathLike, saliency: np.ndarray) -> None:
     if saliency.ndim != 2 or not np.isfinite(saliency).all():
         raise InputError(path, f"refusing to write a map of shape {saliency.shape} or with NaN values")
     buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(eight_bit(saliency), mode="L").save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
 
 

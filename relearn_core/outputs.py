@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import InputError
-from .imageio import atomic_write_bytes, list_by_stem
+from .imageio import atomic_write_bytes, list_by_stem, unwritable
 
 MANIFEST_NAME = ".relearn-output.json"
 
@@ -47,7 +47,22 @@ def probe_writable(path: str | os.PathLike, folder: bool) -> None:
         with tempfile.NamedTemporaryFile(dir=place, prefix=".relearn-probe-"):
             pass
     except OSError as exc:
-        raise InputError(path, f"cannot be written ({exc.strerror or type(exc).__name__})") from None
+        raise unwritable(path, exc) from None
+
+
+def map_settings(command: str, adapter, options: Mapping, **more) -> dict:
+    """What makes a folder's maps what they are, kept in its manifest: the command, the base (``adapter``, a
+    ``plugins.Adapter``) and its version, the user's options, relearn's version, and whatever else fixes them."""
+    from . import __version__
+
+    return {
+        "command": command,
+        "base": adapter.name,
+        "adapter_version": adapter.source.version,
+        "options": dict(options),
+        "relearn_version": __version__,
+        **more,
+    }
 
 
 def _differences(before: Mapping, now: Mapping) -> list[str]:

@@ -10,7 +10,7 @@ does not improve the written maps of images it did not train on leaves them as t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from .checkpoint import Relearner
 from .config import RelearnConfig
 from .errors import RelearnError
 from .evaluation.metrics import MAE, DatasetPR
+from .imageio import eight_bit
 from .records import TrainingImage
 from .relearning.joint import JointRelearner, PairBatch, predict_joint, split_groups, train_joint
 from .relearning.pair_filter import train_pair_filter
@@ -203,13 +204,11 @@ def choose_fusion(
         return fusion, {"weights": list(fusion), "kept": True}
     scores = {}
     for name, weights in (("base", IDENTITY_FUSION), ("fused", fusion)):
-        max_f, mae = DatasetPR(), MAE()
-        for base_map, knowledge_map, gt in held:
-            start = base_map if weights == IDENTITY_FUSION else fuse(base_map, knowledge_map, weights)
-            written = np.round(np.clip(start, 0, 1) * 255).astype(np.uint8)  # scored as wrap writes it
-            max_f.step(written, gt)
-            mae.step(written, gt)
-        scores[name] = {"max_f": max_f.results()["max_f"], "mae": mae.results()["mae"]}
+        max_f, mae = written_scores(
+            (base_map if weights == IDENTITY_FUSION else fuse(base_map, knowledge_map, weights), gt)
+            for base_map, knowledge_map, gt in held
+        )
+        scores[name] = {"max_f": max_f, "mae": mae}
     better = objective(config, **scores["fused"]) > objective(config, **scores["base"])
     return (fusion if better else IDENTITY_FUSION), {"weights": list(fusion), **scores, "kept": better}
 
@@ -227,14 +226,23 @@ def held_out_scores(
     """Dataset-level max F and MAE of the final maps (as wrap makes them) of the held-out training images
     ``images[g]`` of the rows' groups ``g``."""
     scores = shrunk(predict_joint(model, pairs, device), pairs.prior, shrink)
+
+    def final_maps():
+        for group in np.unique(groups):
+            image = images[group]
+            rows = groups == group
+            relearned = np.full(image.evidence.superpixels.count, np.nan)
+            relearned[superpixel_ids[rows]] = scores[rows]
+            yield final_map(image.evidence, image.start_map, relearned, config), image.gt
+
+    return written_scores(final_maps())
+
+
+def written_scores(maps: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Dataset-level max F and MAE of (map, mask) pairs, each map scored as wrap writes it (8 bits)."""
     max_f, mae = DatasetPR(), MAE()
-    for group in np.unique(groups):
-        image = images[group]
-        rows = groups == group
-        relearned = np.full(image.evidence.superpixels.count, np.nan)
-        relearned[superpixel_ids[rows]] = scores[rows]
-        saliency = final_map(image.evidence, image.start_map, relearned, config)
-        written = np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)  # scored as wrap writes it
-        max_f.step(written, image.gt)
-        mae.step(written, image.gt)
+    for saliency, gt in maps:
+        written = eight_bit(saliency)
+        max_f.step(written, gt)
+        mae.step(written, gt)
     return max_f.results()["max_f"], mae.results()["mae"]

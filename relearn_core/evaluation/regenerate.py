@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import InputError, RelearnError
 from ..imageio import images_in, list_by_stem, write_map
-from ..outputs import claim_map_folder
+from ..outputs import claim_map_folder, map_settings
 from .protocol import COMPONENTS, FULL, component, folds_of
 from .table import (
     AblationSpec,
@@ -382,14 +382,7 @@ class _Planner:
                     continue
                 folder = self.computed_maps_dir(base, dataset.name)
                 adapter = self.settings.adapter(base.adapter, base.options)
-                settings = {
-                    "command": "table",
-                    "base": adapter.name,
-                    "adapter_version": adapter.source.version,
-                    "options": dict(base.options),
-                    "relearn_version": __version__,
-                }
-                keep = claim_map_folder(folder, settings, self.overwrite)
+                keep = claim_map_folder(folder, map_settings("table", adapter, base.options), self.overwrite)
                 done = set(list_by_stem(folder)) if keep and folder.is_dir() else set()
                 counts.reused += len(done & set(images))
                 missing = [images[stem] for stem in sorted(images) if stem not in done]
