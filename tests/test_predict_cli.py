@@ -474,3 +474,12 @@ def test_base_options_decorator_gives_any_command_the_same_base_choice(tmp_path)
     assert dataclasses.replace(choice, adapter_files=()).adapter().name == "dss"
     bad = CliRunner().invoke(command, ["--base", "dss", "--base-option", "novalue"])
     assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.output
+
+
+def test_predict_shows_plain_progress_lines_off_a_terminal_and_none_with_quiet(sod_subset, tmp_path):
+    images, maps, _ = sod_subset
+    command = ["predict", "--base", "dss", "--maps", maps, "--images", images]
+    shown = relearn(*command, "--out", tmp_path / "a")
+    assert shown.exit_code == 0 and f"predict dss {COUNT}/{COUNT}" in shown.stderr
+    quiet = relearn(*command, "--out", tmp_path / "b", "--quiet")
+    assert quiet.exit_code == 0 and "predict dss" not in quiet.stderr
