@@ -83,9 +83,11 @@ def relearn_predict(adapter: str, images: Sequence[np.ndarray], names: Sequence[
     return predict(images, device=str(options.get("device", "cpu")))
 
 
-#: the backbone's levels: U2-Net-p's seven side-output logits (its saliency, stride 1), the last decoder stage (stride
-#: 1: boundaries), the third decoder stage (stride 4: parts) and the deepest encoder stage (stride 32: the scene)
+#: the backbone's levels: U2-Net-p's seven side-output logits (its saliency, stride 1), the last decoder stage
+#: (boundaries; averaged over 2x2 pixels: superpixels span many cells still, and pooling it costs a quarter), the third
+#: decoder stage (stride 4: parts) and the deepest encoder stage (stride 32: the scene)
 BACKBONE_LEVELS = (("d0", "d1", "d2", "d3", "d4", "d5", "d6"), ("hx1d",), ("hx3d",), ("hx6",))
+AVERAGED_LEVELS = {1: 2}  #: level -> the side of the square its map is averaged over
 
 
 @hookimpl
@@ -94,10 +96,12 @@ def relearn_backbones() -> list[BackboneInfo]:
         BackboneInfo(
             name=NAME,
             description="U2-Net-p's own features (trained on DUTS-TR): its 7 side-output logits, decoder stages 1 "
-            "and 3, encoder stage 6",
+            "(at half resolution) and 3, encoder stage 6",
             channels=(7, 64, 64, 64),
             needs_weights=f"u2netp.onnx of `{INSTALL_COMMAND}`",
             saliency_adapter=NAME,
+            saliency_logit=(0, 0),  # d0, U2-Net-p's fused map
+            input_size=INPUT_SIZE,
         )
     ]
 
@@ -110,11 +114,17 @@ def relearn_extract_features(backbone, images, device):
     from .network import IMAGENET_MEAN, IMAGENET_STD
     from .u2netp_network import network
 
-    # the network's own input: 320x320, divided by the image's maximum, ImageNet normalisation
-    x = F.interpolate(images.float(), size=INPUT_SIZE, mode="bilinear", align_corners=False, antialias=True)
+    # the network's own input (the features stage resized the images to INPUT_SIZE): divided by the image's maximum,
+    # ImageNet normalisation
+    x = images.float()
+    if tuple(x.shape[-2:]) != INPUT_SIZE:
+        x = F.interpolate(x, size=INPUT_SIZE, mode="bilinear", align_corners=False, antialias=True)
     x = x / x.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     with torch.no_grad():
         maps = network(device).features((x - mean) / std)
-    return [torch.cat([maps[name] for name in level], 1) for level in BACKBONE_LEVELS]
+    levels = [torch.cat([maps[name] for name in level], 1) for level in BACKBONE_LEVELS]
+    for level, side in AVERAGED_LEVELS.items():
+        levels[level] = F.avg_pool2d(levels[level], side)
+    return levels

@@ -19,7 +19,7 @@ run() {  # one relearn_cv.py run per line of stdin, JOBS at a time
 SOD="--data $DATA/SOD"
 HORSES="--data $DATA/WeizmannHorse-dev"
 printf '%s\n' \
-  "$SOD --base dss --maps $DATA/SOD/maps/DSS --out $OUT/relearn_cv_dss_u2netp.json" \
+  "$SOD --base dss --maps $DATA/SOD/maps/DSS --components C1 --components C6 --components 'paper join' --components 'fusion only' --out $OUT/relearn_cv_dss_u2netp.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --out $OUT/relearn_cv_amulet_u2netp.json" \
   "$SOD --base u2netp --out $OUT/relearn_cv_u2netp_u2netp.json" \
   "$SOD --base mbplus --out $OUT/relearn_cv_mbplus_u2netp.json" \

@@ -31,9 +31,9 @@ from .correspondence.retrieval import RetrievalIndex
 from .errors import InputError, RelearnError
 from .executors import one_torch_thread
 from .imageio import read_mask
-from .pipeline import Pool, prepare_image, relearn_image, training_image
+from .pipeline import Pool, knowledge_map, prepare_image, relearn_image, training_image
 from .records import ImageEntry, WrapOutcome, read_entry
-from .relearning.features import backbone_parts
+from .relearning.features import knowledge_backbone
 from .relearning.saliency import fuse
 from .training import IDENTITY_FUSION, Progress, choose_fusion, fit, fit_fusion, held_out_images, negative_cap
 from .workspace import Timings, Workspace
@@ -189,15 +189,13 @@ def predict(
 
 
 def knowledge_adapter(config: RelearnConfig) -> str:
-    """The adapter whose maps are the backbone's own saliency (the first of joined backbones that has one), fused with
-    the base's maps by join "fused"; "" when the join is the paper's or the backbone is no saliency network."""
+    """The saliency network among the backbone's parts whose own map join "fused" fuses with the base's maps (the
+    adapter that predicts its maps, e.g. for the ensemble beside Our(X)); "" when the join is the paper's or no part is
+    a saliency network."""
     if config.join != "fused":
         return ""
-    for part in backbone_parts(config.backbone):
-        found = plugins.get_backbone(part).info.saliency_adapter
-        if found:
-            return found
-    return ""
+    part = knowledge_backbone(config.backbone)
+    return (plugins.get_backbone(part).info.saliency_adapter or part) if part else ""
 
 
 def _knowledge_maps(
@@ -206,22 +204,22 @@ def _knowledge_maps(
     knowledge: str,
     entries: list[ImageEntry],
     maps: Mapping[str, np.ndarray],
-    report: RunReport,
+    config: RelearnConfig,
     progress: Progress,
 ) -> dict[str, np.ndarray]:
-    """The knowledge adapter's maps of the entries by content hash (the base's own when they are one adapter)."""
+    """The backbone's own saliency maps of the entries by content hash (the base's maps when the base is that
+    network). They come from the features pass, which the re-learner needs for these images anyway: the network
+    runs once per image."""
     if not knowledge:
         return {}
     if knowledge == adapter.name:
         return {entry.hash: maps[entry.hash] for entry in entries}
-    return _base_maps(
-        ws,
-        plugins.get_adapter(knowledge),
-        entries,
-        None,
-        report,
-        lambda stage, done, total: progress("knowledge maps", done, total),
-    )
+    found = {}
+    made = ws.map(functools.partial(knowledge_map, ws, config), entries)
+    for done, (entry, saliency) in enumerate(zip(entries, made), 1):
+        found[entry.hash] = saliency
+        progress("knowledge maps", done, len(entries))
+    return found
 
 
 def _start_maps(entries: list[ImageEntry], maps, knowledge_maps, fusion) -> dict[str, np.ndarray]:
@@ -272,8 +270,7 @@ def train(
         if not targets:
             raise RelearnError(f"none of the {len(entries)} training images has both a base map and ground truth")
         knowledge = knowledge_adapter(config)
-        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, report, progress)
-        targets = [(entry, gt) for entry, gt in targets if not knowledge or entry.hash in knowledge_maps]
+        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, config, progress)
         held = held_out_images(len(targets), config)
         fusion, fusion_choice = IDENTITY_FUSION, None
         if config.join == "fused":
@@ -347,8 +344,7 @@ def wrap(
             pool_entries = _unique(read_entries([p for pool in pools for p in pool], report)) if pools else entries
         maps = _base_maps(ws, adapter, _unique(entries + pool_entries), options, report, progress)
         targets = [entry for entry in entries if entry.hash in maps]
-        knowledge_maps = _knowledge_maps(ws, adapter, relearner.knowledge, targets, maps, report, progress)
-        targets = [entry for entry in targets if not relearner.knowledge or entry.hash in knowledge_maps]
+        knowledge_maps = _knowledge_maps(ws, adapter, relearner.knowledge, targets, maps, relearner.config, progress)
         start = _start_maps(targets, maps, knowledge_maps, relearner.fusion)
         if relearner.corrects:
             pool = prepare_pool(ws, pool_entries, maps, relearner.config, progress)

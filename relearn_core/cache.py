@@ -13,6 +13,7 @@ import io
 import json
 import os
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,7 +79,16 @@ class Cache:
             if arrays is not None:
                 return arrays
             arrays = compute()
-            buffer = io.BytesIO()
-            np.savez_compressed(buffer, **arrays)
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, npz_bytes(arrays))
         return arrays
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The arrays as a compressed ``.npz`` (what ``np.load`` reads), deflated at level 1: float data shrinks about as
+    much as at numpy's default level 6, for a fraction of the compute every cache write costs."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, values in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(values), allow_pickle=False)
+    return buffer.getvalue()

@@ -59,6 +59,13 @@ class BackboneInfo:
     #: the adapter whose maps are this backbone's own saliency, for a backbone that is a saliency network: what a
     #: re-learner with it must beat beyond averaging (benchmarks/relearn_cv.py's ``ensemble``)
     saliency_adapter: str = ""
+    #: (level, channel) of the backbone's own saliency logit among the maps :func:`relearn_extract_features` returns,
+    #: for a saliency network: its sigmoid, min-max normalised per image and resized to the image, is the map the
+    #: fused join fuses with the base (taken from the features pass: the network runs once per image)
+    saliency_logit: tuple[int, int] | None = None
+    #: (height, width) the features stage resizes every image to, for a network with a fixed input (so it sees what
+    #: its adapter feeds it); None: images are shrunk to a long side of 320 px, their aspect kept
+    input_size: tuple[int, int] | None = None
 
 
 @hookspec
@@ -126,7 +133,8 @@ def relearn_extract_features(backbone: str, images: torch.Tensor, device: str) -
     """Compute deep feature maps with one of this plugin's backbones.
 
     :param backbone: the name of the backbone (one this plugin declared in :func:`relearn_backbones`).
-    :param images: float32 tensor (N, 3, H, W), RGB in [0, 1], on ``device``; images shrunk to a long side of 320 px.
+    :param images: float32 tensor (N, 3, H, W), RGB in [0, 1], on ``device``; images shrunk to a long side of 320 px,
+        or resized to ``BackboneInfo.input_size`` where the backbone sets it.
     :param device: a torch device string ("cpu", "cuda", ...).
     :return: a list of feature maps (N, C_k, H_k, W_k), one per level listed in ``BackboneInfo.channels``, at any
         resolution (relearn pools them over each superpixel).

@@ -1,6 +1,7 @@
 """The re-learning pipeline for one image (paper Fig. 2), read top to bottom.
 
     base map             the adapter's prediction (base.py), given
+    knowledge map        join "fused": the backbone's own saliency map (a saliency network's), from the features pass
     retrieval            the top-5 pool images by GIST + HOG (correspondence/retrieval.py)
     regions              SLIC superpixels and EdgeBoxes proposals of the target and its neighbours (regions.py)
     flow                 SIFT Flow from the target to each neighbour (flow.py)
@@ -50,7 +51,7 @@ from .records import (
     TrainingImage,
     WrapOutcome,
 )
-from .relearning.features import features_for, instance_pairs, lone_pairs, saliency_cues
+from .relearning.features import features_for, instance_pairs, knowledge_map_for, lone_pairs, saliency_cues
 from .relearning.joint import PairBatch, predict_joint
 from .relearning.pair_filter import (
     aligned_iou,
@@ -93,6 +94,11 @@ def prepare_image(ws: Workspace, config: RelearnConfig, item: tuple[ImageEntry, 
     superpixels_for(ws, entry, config.correspondence.superpixels)
     pseudo_gt_for(ws, entry, base_map)
     return descriptor
+
+
+def knowledge_map(ws: Workspace, config: RelearnConfig, entry: ImageEntry) -> np.ndarray:
+    """The backbone's own saliency map of a target (join "fused"), made by the features pass over its superpixels."""
+    return knowledge_map_for(ws, entry, superpixels_for(ws, entry, config.correspondence.superpixels), config.backbone)
 
 
 def image_evidence(

@@ -180,16 +180,18 @@ class PseudoGT:
 
 @dataclass(frozen=True)
 class SuperpixelFeatures:
-    """Backbone features of one image's superpixels: float32 (S, F), row s for superpixel label s."""
+    """Backbone features of one image's superpixels: float32 (S, F), row s for superpixel label s; for a backbone
+    that is a saliency network, also its own saliency map of the image (float16 (H, W) in [0, 1])."""
 
     values: np.ndarray
+    saliency: np.ndarray | None = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"values": self.values}
+        return {"values": self.values} | ({} if self.saliency is None else {"saliency": self.saliency})
 
     @classmethod
     def from_arrays(cls, arrays) -> SuperpixelFeatures:
-        return cls(arrays["values"])
+        return cls(arrays["values"], arrays.get("saliency"))
 
 
 @dataclass(frozen=True)

@@ -521,3 +521,37 @@ def test_entry_point_adapter_reports_its_distribution_version(tmp_path, monkeypa
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert plugins.get_adapter("fakeok").source == plugins.PluginSource(plugins.ENTRY_POINT, "relearn-fake:fake", "1.2")
+
+
+def test_a_saliency_backbone_sees_its_input_size_and_gives_its_own_map_from_the_features_pass(tmp_path):
+    """A backbone with ``input_size`` gets every image at exactly that size; with ``saliency_logit`` the features pass
+    also returns its map: the sigmoid of that channel, min-max normalised, at the image's size."""
+    path = write_plugin(
+        tmp_path,
+        "brightness",
+        """
+        @hookimpl
+        def relearn_backbones():
+            return [BackboneInfo(name="brightness", description="the red channel as a logit", channels=(1,),
+                                 saliency_logit=(0, 0), input_size=(16, 24))]
+
+        @hookimpl
+        def relearn_extract_features(backbone, images, device):
+            if tuple(images.shape[-2:]) != (16, 24):
+                raise ValueError(f"input of {tuple(images.shape)}, not the declared input_size")
+            return [images[:, :1] * 8 - 4]
+    """,
+    )
+    from relearn_core.records import Superpixels
+    from relearn_core.relearning.features import superpixel_features
+
+    plugins.load_adapter_file(path)
+    image = np.zeros((30, 40, 3), np.uint8)
+    image[:, 20:, 0] = 255  # the right half is red: salient for this backbone
+    labels = np.zeros((30, 40), np.int32)
+    labels[:, 20:] = 1
+    (found,) = superpixel_features([image], [Superpixels(labels, 2)], "brightness")
+    assert found.saliency.shape == (30, 40) and found.saliency.dtype == np.float16
+    assert found.saliency[:, :18].max() == 0.0 and found.saliency[:, 22:].min() == 1.0  # min-max normalised
+    (plain,) = superpixel_features([image], [Superpixels(labels, 2)], "handcrafted")
+    assert plain.saliency is None

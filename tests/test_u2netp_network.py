@@ -108,3 +108,21 @@ def test_the_u2netp_backbone_carries_u2netps_own_saliency_and_joins_other_backbo
     (joined,) = superpixel_features([image], [regions], "u2netp+handcrafted")
     (handcrafted,) = superpixel_features([image], [regions], "handcrafted")
     np.testing.assert_array_equal(joined.values, np.concatenate([own.values, handcrafted.values], 1))
+
+
+def test_the_knowledge_map_from_the_features_pass_is_the_adapters_map(sod_dir, tmp_path):
+    """Join "fused" takes U2-Net-p's map from the u2netp backbone's features pass (one network run per image): it is
+    the map the u2netp adapter predicts with onnxruntime, to the float16 it is stored in."""
+    from relearn_core.cache import Cache
+    from relearn_core.config import default_config
+    from relearn_core.pipeline import knowledge_map
+    from relearn_core.records import read_entry
+    from relearn_core.workspace import Workspace
+
+    path = sorted(list_by_stem(sod_dir / "images").values())[3]
+    entry = read_entry(path)
+    found = knowledge_map(Workspace(Cache(tmp_path)), default_config().with_overrides({"backbone": "u2netp"}), entry)
+    (expected,) = u2netp.predict([entry.image])
+    assert found.shape == expected.shape == entry.image.shape[:2]
+    assert np.abs(found - expected).max() < 2e-3
+    assert found.std() > 0.1  # a real map, not a constant one

@@ -41,7 +41,7 @@ SURROUND_SCALE = 2.0
 BACKBONE_LONG_SIDE = 320  #: the image is shrunk to this long side before the backbone (speed on CPU)
 DENSE_COUNTS_LIMIT = 1 << 22  #: largest (superpixels x cells) count matrix pooled by one matrix product
 PIXEL_CHUNK = 1 << 14
-FEATURE_STAGE = Stage("features", 1, keep_in_memory=True)
+FEATURE_STAGE = Stage("features", 2, keep_in_memory=True)
 CUES = 5  #: saliency cues appended to each superpixel's backbone feature (see ``saliency_cues``)
 
 
@@ -131,6 +131,7 @@ def pool_superpixels(
     boxes = enlarged_boxes(superpixel_boxes(labels, count), surround_scale, height, width)
     pooled = []
     for level in feature_maps:
+        level = level.contiguous()  # a channels-last map would make every reduction below strided
         channels, cells_h, cells_w = level.shape
         rows, cols = _cell_index(height, cells_h, device), _cell_index(width, cells_w, device)
         cell_of_pixel = (rows[:, None] * cells_w + cols[None, :]).reshape(-1)
@@ -158,13 +159,17 @@ def pool_superpixels(
     return torch.cat(pooled, dim=1)
 
 
-def _backbone_input(image: np.ndarray, long_side: int | None) -> np.ndarray:
+def _backbone_input(image: np.ndarray, long_side: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    """The image as the backbone takes it: resized to ``size`` (height, width), else shrunk to ``long_side``; area
+    averaging when shrinking, bilinear when enlarging."""
     height, width = image.shape[:2]
-    scale = 1.0 if long_side is None else min(1.0, long_side / max(height, width))
-    if scale == 1.0:
+    if size is None:
+        scale = 1.0 if long_side is None else min(1.0, long_side / max(height, width))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size == (height, width):
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    shrinking = size[0] * size[1] < height * width
+    return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 @torch.no_grad()
@@ -191,8 +196,8 @@ def superpixel_features(
             raise RelearnError(
                 f"superpixels of shape {regions.labels.shape} do not match the image's {image.shape[:2]}"
             )
-    plugins.get_backbone(backbone)  # an unknown name fails here, naming the close matches
-    inputs = [_backbone_input(image, long_side) for image in images]
+    info = plugins.get_backbone(backbone).info  # an unknown name fails here, naming the close matches
+    inputs = [_backbone_input(image, long_side, info.input_size) for image in images]
     groups: dict[tuple[int, int], list[int]] = {}
     for index, small in enumerate(inputs):
         groups.setdefault(small.shape[:2], []).append(index)
@@ -204,8 +209,38 @@ def superpixel_features(
             regions = superpixels[index]
             labels = torch.as_tensor(regions.labels, device=device)
             pooled = pool_superpixels([level[position] for level in levels], labels, regions.count, surround_scale)
-            results[index] = SuperpixelFeatures(pooled.cpu().numpy().astype(np.float32))
+            saliency = None
+            if info.saliency_logit is not None:
+                level, channel = info.saliency_logit
+                saliency = backbone_saliency(levels[level][position, channel], images[index].shape[:2])
+            results[index] = SuperpixelFeatures(pooled.cpu().numpy().astype(np.float32), saliency)
     return results
+
+
+def backbone_saliency(logit: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """A saliency network's own map from its logit (h, w): sigmoid, min-max normalised, resized (bilinearly) to the
+    image's ``shape``; float16 in [0, 1]."""
+    probability = torch.sigmoid(logit.float()).cpu().numpy()
+    low, high = float(probability.min()), float(probability.max())
+    probability = (probability - low) / (high - low) if high > low else np.zeros_like(probability)
+    resized = cv2.resize(probability, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0).astype(np.float16)
+
+
+def knowledge_backbone(backbone: str) -> str:
+    """The part of a (joined) backbone that is a saliency network with its own map (``saliency_logit``); "" if none."""
+    for part in backbone_parts(backbone):
+        if plugins.get_backbone(part).info.saliency_logit is not None:
+            return part
+    return ""
+
+
+def knowledge_map_for(ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str) -> np.ndarray:
+    """The saliency map of the image by the backbone's saliency network (float32 (H, W)), from the features pass."""
+    found = features_for(ws, entry, superpixels, knowledge_backbone(backbone)).saliency
+    if found is None:
+        raise RelearnError(f"backbone {backbone!r} gives no saliency map")
+    return found.astype(np.float32)
 
 
 def features_for(
