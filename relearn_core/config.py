@@ -49,6 +49,10 @@ class RelearnConfig:
     #: what the epoch and the shrink are chosen by, on the held-out training images' final maps: "max_f-mae" (the
     #: dataset-level max F minus the MAE), "max_f" or "mae"
     select: str = "max_f-mae"
+    #: a chosen correction is kept only when at least this share of bootstrap resamples of the held-out training
+    #: images scores it above no correction by ``select`` (0: whenever it scores better): a few dozen held-out images
+    #: can favour an epoch by luck
+    confidence: float = 0.95
     #: neighbours that are labelled training images lend their masks instead of their pseudo-GT (label transfer)
     label_transfer: bool = False
     filter: FilterConfig = FilterConfig()

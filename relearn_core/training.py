@@ -10,7 +10,7 @@ does not improve the written maps of images it did not train on leaves them as t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -141,7 +141,9 @@ def fit(
     def held_out_error(model: JointRelearner) -> float:
         first = not scores_by_epoch
         scored = [
-            held_out_scores(model, held_pairs, held_groups, held_superpixels, judged, config, shrink, device)
+            written_scores(
+                held_out_maps(model, held_pairs, held_groups, held_superpixels, judged, config, shrink, device)
+            )
             for shrink in ((1.0,) if first else config.shrinks)
         ]
         best = max(zip(scored, (1.0,) if first else config.shrinks), key=lambda item: objective(config, *item[0]))
@@ -165,7 +167,31 @@ def fit(
             "before": {"max_f": start_max_f, "mae": start_mae},
             "after": {"max_f": max_f, "mae": mae},
         }
+        if epoch > 0 and config.confidence > 0:
+            after = held_out_maps(
+                relearner.joint, held_pairs, held_groups, held_superpixels, judged, config, relearner.shrink, device
+            )
+            before = [(judged[group].start_map, judged[group].gt) for group in np.unique(held_groups)]
+            confidence = gain_confidence(before, list(after), config)
+            summary["held_out"] |= {"confidence": confidence, "best_epoch": epoch}
+            if confidence < config.confidence:  # the gain may be the held-out images' luck: no correction
+                summary["held_out"]["epoch"] = 0
     return relearner
+
+
+def gain_confidence(
+    before: Sequence[tuple[np.ndarray, np.ndarray]],
+    after: Sequence[tuple[np.ndarray, np.ndarray]],
+    config: RelearnConfig,
+    resamples: int = 1000,
+) -> float:
+    """The share of bootstrap resamples of the images (the same images drawn for both) whose ``after`` maps score
+    above their ``before`` maps by ``config.select``, each (map, mask) scored as wrap writes it: how sure a gain
+    measured on a few held-out images is."""
+    metrics = [_written_metrics(maps) for maps in (before, after)]
+    samples = np.random.default_rng(config.joint.seed).integers(0, len(before), (resamples, len(before)))
+    scores = [objective(config, max_f.resampled(samples), mae.resampled(samples)) for max_f, mae in metrics]
+    return float(np.mean(scores[1] > scores[0]))
 
 
 def objective(config: RelearnConfig, max_f: float, mae: float) -> float:
@@ -213,7 +239,7 @@ def choose_fusion(
     return (fusion if better else IDENTITY_FUSION), {"weights": list(fusion), **scores, "kept": better}
 
 
-def held_out_scores(
+def held_out_maps(
     model: JointRelearner,
     pairs: PairBatch,
     groups: np.ndarray,
@@ -222,27 +248,29 @@ def held_out_scores(
     config: RelearnConfig,
     shrink: float,
     device: str = "cpu",
-) -> tuple[float, float]:
-    """Dataset-level max F and MAE of the final maps (as wrap makes them) of the held-out training images
-    ``images[g]`` of the rows' groups ``g``."""
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The final maps (as wrap makes them) and masks of the held-out training images ``images[g]`` of the rows'
+    groups ``g``."""
     scores = shrunk(predict_joint(model, pairs, device), pairs.prior, shrink)
-
-    def final_maps():
-        for group in np.unique(groups):
-            image = images[group]
-            rows = groups == group
-            relearned = np.full(image.evidence.superpixels.count, np.nan)
-            relearned[superpixel_ids[rows]] = scores[rows]
-            yield final_map(image.evidence, image.start_map, relearned, config), image.gt
-
-    return written_scores(final_maps())
+    for group in np.unique(groups):
+        image = images[group]
+        rows = groups == group
+        relearned = np.full(image.evidence.superpixels.count, np.nan)
+        relearned[superpixel_ids[rows]] = scores[rows]
+        yield final_map(image.evidence, image.start_map, relearned, config), image.gt
 
 
-def written_scores(maps: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
-    """Dataset-level max F and MAE of (map, mask) pairs, each map scored as wrap writes it (8 bits)."""
+def _written_metrics(maps: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[DatasetPR, MAE]:
+    """Dataset-level max F and MAE of (map, mask) pairs, each map measured as wrap writes it (8 bits)."""
     max_f, mae = DatasetPR(), MAE()
     for saliency, gt in maps:
         written = eight_bit(saliency)
         max_f.step(written, gt)
         mae.step(written, gt)
+    return max_f, mae
+
+
+def written_scores(maps: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Dataset-level max F and MAE of (map, mask) pairs, each map scored as wrap writes it (8 bits)."""
+    max_f, mae = _written_metrics(maps)
     return max_f.results()["max_f"], mae.results()["mae"]

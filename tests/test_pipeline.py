@@ -22,7 +22,7 @@ from relearn_core.cli import main
 from relearn_core.config import RelearnConfig
 from relearn_core.errors import InputError, RelearnError
 from relearn_core.executors import LocalExecutor
-from relearn_core.imageio import read_image, read_map, read_mask, write_map
+from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask, write_map
 from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
 from relearn_core.workspace import Workspace
 
@@ -398,7 +398,7 @@ def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_ima
     from relearn_core.evaluation.metrics import MAE, DatasetPR
     from relearn_core.pipeline import prior_logit, target_pairs
     from relearn_core.relearning.joint import JointRelearner, PairBatch
-    from relearn_core.training import held_out_scores
+    from relearn_core.training import held_out_maps, written_scores
 
     ws = Workspace(Cache(cache_dir))
     entries = read_entries([tiny / "images" / f"{stem}.png" for stem in STEMS], RunReport())
@@ -423,14 +423,14 @@ def test_the_untrained_re_learner_scores_the_base_maps_own_error_on_held_out_ima
     groups, ids = np.concatenate(groups), np.concatenate(ids)
     assert len(np.unique(groups)) == 3
     untrained = JointRelearner(batch.cf.shape[2], config.joint)
-    max_f, mae = held_out_scores(untrained, batch, groups, ids, images, config, 1.0)
+    max_f, mae = written_scores(held_out_maps(untrained, batch, groups, ids, images, config, 1.0))
     assert max_f == pytest.approx(base_f.results()["max_f"], abs=1e-6)
     assert mae == pytest.approx(base_mae.results()["mae"], abs=1e-6)
     # a re-learner that calls every re-learned superpixel background changes the error, the less the more it is shrunk
     with torch.no_grad():
         untrained.prior_bias.fill_(-20.0)
-    _, full = held_out_scores(untrained, batch, groups, ids, images, config, 1.0)
-    _, quarter = held_out_scores(untrained, batch, groups, ids, images, config, 0.25)
+    _, full = written_scores(held_out_maps(untrained, batch, groups, ids, images, config, 1.0))
+    _, quarter = written_scores(held_out_maps(untrained, batch, groups, ids, images, config, 0.25))
     assert abs(full - mae) > abs(quarter - mae) > 1e-5
 
 
@@ -597,3 +597,27 @@ def test_the_shipped_u2netp_re_learner_changes_maps_and_never_trained_on_the_rea
     assert len(trained) == 300  # all of SOD, by the README's command
     examples = Path(__file__).resolve().parent.parent / "examples" / "images"
     assert not trained & {content_hash(path) for path in images_in(examples).values()}
+
+
+def test_a_gain_is_confirmed_when_every_image_gains_and_not_when_one_lucky_image_carries_it(sod_dir):
+    """gain_confidence: the share of bootstrap resamples of the held-out images in which the corrected maps score
+    above the maps before correction."""
+    from relearn_core.training import gain_confidence, written_scores
+
+    stems = sorted(list_by_stem(sod_dir / "gt"))[:12]
+    masks = [read_mask(sod_dir / "gt" / f"{stem}.png") for stem in stems]
+    dss = [read_map(sod_dir / "maps" / "DSS" / f"{stem}.png") for stem in stems]
+    config = RelearnConfig()
+    # every map moved a third of the way to its mask: better on every image, so on every resample
+    closer = [(m + (gt - m) / 3).astype(np.float32) for m, gt in zip(dss, masks)]
+    assert gain_confidence(list(zip(dss, masks)), list(zip(closer, masks)), config) == 1.0
+    # the worst image made perfect, every other a little worse: better overall, but only resamples that draw the
+    # lucky image confirm it
+    worst = int(np.argmin([written_scores([pair])[0] for pair in zip(dss, masks)]))
+    mixed = [
+        gt.astype(np.float32) if i == worst else (m + (~gt - m) * 0.01).astype(np.float32)
+        for i, (m, gt) in enumerate(zip(dss, masks))
+    ]
+    (before_f, before_mae), (after_f, after_mae) = written_scores(zip(dss, masks)), written_scores(zip(mixed, masks))
+    assert after_f - after_mae > before_f - before_mae
+    assert gain_confidence(list(zip(dss, masks)), list(zip(mixed, masks)), config) < config.confidence

@@ -363,6 +363,13 @@ class DatasetPR(_Metric):
             "fpr": fpr,
         }
 
+    def resampled(self, samples: np.ndarray) -> np.ndarray:
+        """max F (B,) of each resample of the measured images: ``samples`` (B, N) holds indices into them in step
+        order, repeats allowed (a bootstrap)."""
+        precision = self._stack("precision")[samples].mean(axis=1)
+        recall = self._stack("recall")[samples].mean(axis=1)
+        return _f_measure(precision, recall, self.beta2).max(axis=1)
+
 
 class ImageFmeasure(_Metric):
     """F-measure the PySODMetrics way: min-max normalised maps, an F curve per image, averaged over images.
@@ -436,6 +443,10 @@ class MAE(_Metric):
 
     def results(self) -> dict:
         return {"mae": float(self._stack("mae").mean())}
+
+    def resampled(self, samples: np.ndarray) -> np.ndarray:
+        """MAE (B,) of each resample (B, N) of the measured images' indices, as ``DatasetPR.resampled``."""
+        return self._stack("mae")[samples].mean(axis=1)
 
 
 class Smeasure(_Metric):
