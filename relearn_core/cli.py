@@ -728,7 +728,16 @@ def _echo_held_out(relearner) -> None:
             f"{alone['max_f']:.4f}, MAE {alone['mae']:.4f}): it corrects the base's own maps",
             err=True,
         )
-    if not relearner.corrects:
+    if not relearner.corrects and "best_epoch" in held:
+        click.echo(
+            f"relearn: on its {images} held-out training images the re-learner (epoch {held['best_epoch']}, shrink "
+            f"{held['shrink']:g}) brought {start} from max F {before['max_f']:.4f} / MAE {before['mae']:.4f} to "
+            f"{after['max_f']:.4f} / {after['mae']:.4f}, but only {held['confidence']:.0%} of bootstrap resamples "
+            f"of them confirm the gain (needed: {relearner.config.confidence:.0%}): this re-learner writes them as "
+            "they are",
+            err=True,
+        )
+    elif not relearner.corrects:
         click.echo(
             f"relearn: on its {images} held-out training images no correction made {start} better (max F "
             f"{before['max_f']:.4f}, MAE {before['mae']:.4f}): this re-learner writes them as they are",

@@ -621,3 +621,16 @@ def test_a_gain_is_confirmed_when_every_image_gains_and_not_when_one_lucky_image
     (before_f, before_mae), (after_f, after_mae) = written_scores(zip(dss, masks)), written_scores(zip(mixed, masks))
     assert after_f - after_mae > before_f - before_mae
     assert gain_confidence(list(zip(dss, masks)), list(zip(mixed, masks)), config) < config.confidence
+
+
+def test_a_correction_the_bootstrap_did_not_confirm_is_reported_with_its_confidence(trained, capsys):
+    from relearn_core.cli import _echo_held_out
+
+    relearner = load_checkpoint(trained[0], "dss")
+    held = relearner.summary["held_out"]
+    relearner.summary["held_out"] = {**held, "epoch": 0, "best_epoch": 3, "confidence": 0.62}
+    assert not relearner.corrects
+    _echo_held_out(relearner)
+    said = capsys.readouterr().err
+    assert "(epoch 3, shrink" in said and "only 62% of bootstrap resamples" in said and "needed: 95%" in said
+    assert "writes them as they are" in said
