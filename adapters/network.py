@@ -21,6 +21,7 @@ import numpy as np
 
 from relearn_core.errors import InputError, RelearnError
 from relearn_core.hookspecs import AdapterInfo, hookimpl
+from relearn_core.imageio import resize_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -151,22 +152,12 @@ def config_from_options(options: Mapping[str, Any]) -> NetworkConfig:
     )
 
 
-def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize with area averaging when shrinking (no aliasing) and bilinear interpolation when enlarging."""
-    if image.shape[:2] == (height, width):
-        return image
-    import cv2  # loaded with the first image, so that relearn starts fast
-
-    shrinking = height * width < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
 def preprocess(images: Sequence[np.ndarray], config: NetworkConfig) -> np.ndarray:
     """RGB uint8 images of one size (after resizing to ``config.input_size``) -> float32 (N, 3, H, W) input."""
     batch = []
     for image in images:
         if config.input_size is not None:
-            image = resize_to(image, *config.input_size)
+            image = resize_image(image, *config.input_size)
         pixels = image.astype(np.float32)
         pixels /= max(float(pixels.max()), 1.0) if config.input_scale == "max" else 255.0
         if config.channel_order == "bgr":

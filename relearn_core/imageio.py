@@ -138,6 +138,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize with area averaging when shrinking (no aliasing) and bilinear interpolation when enlarging: the one rule
+    for every network input, so a backbone sees what its adapter feeds the same network."""
+    if image.shape[:2] == (height, width):
+        return image
+    import cv2  # loaded with the first image, so that relearn starts fast
+
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def eight_bit(saliency: np.ndarray) -> np.ndarray:
     """A float map in [0, 1] as the uint8 values a written map holds."""
     return np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)

@@ -26,6 +26,7 @@ import torch
 from .. import plugins
 from ..correspondence.align import superpixel_matches
 from ..errors import RelearnError
+from ..imageio import resize_image
 from ..records import (
     ImageEntry,
     ImageEvidence,
@@ -160,16 +161,12 @@ def pool_superpixels(
 
 
 def _backbone_input(image: np.ndarray, long_side: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    """The image as the backbone takes it: resized to ``size`` (height, width), else shrunk to ``long_side``; area
-    averaging when shrinking, bilinear when enlarging."""
+    """The image as the backbone takes it: resized to ``size`` (height, width), else shrunk to ``long_side``."""
     height, width = image.shape[:2]
     if size is None:
         scale = 1.0 if long_side is None else min(1.0, long_side / max(height, width))
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    if size == (height, width):
-        return image
-    shrinking = size[0] * size[1] < height * width
-    return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return resize_image(image, *size)
 
 
 @torch.no_grad()
