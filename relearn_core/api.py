@@ -273,7 +273,9 @@ def train(
         knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, config, progress)
         held = held_out_images(len(targets), config)
         fusion, fusion_choice = IDENTITY_FUSION, None
-        if config.join == "fused":
+        # a base is never fused with its own network: that is only a recalibration, which shifts the dataset-level
+        # thresholds of every map and adds no knowledge
+        if config.join == "fused" and knowledge != adapter.name:
             samples = [(maps[e.hash], knowledge_maps.get(e.hash), gt) for e, gt in targets]
             fusion, fusion_choice = choose_fusion(
                 fit_fusion([sample for sample, out in zip(samples, held) if not out]),
