@@ -21,7 +21,7 @@ import numpy as np
 
 from relearn_core.errors import InputError, RelearnError
 from relearn_core.hookspecs import AdapterInfo, hookimpl
-from relearn_core.imageio import resize_image
+from relearn_core.imageio import network_map, resize_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -169,8 +169,6 @@ def preprocess(images: Sequence[np.ndarray], config: NetworkConfig) -> np.ndarra
 
 def postprocess(output: np.ndarray, images: Sequence[np.ndarray], config: NetworkConfig) -> list[np.ndarray]:
     """The chosen network output (N, 1, h, w) or (N, h, w) -> one float32 map in [0, 1] per image, at its size."""
-    import cv2
-
     output = np.asarray(output, dtype=np.float32)
     if output.ndim == 4 and output.shape[1] == 1:
         output = output[:, 0]
@@ -183,14 +181,7 @@ def postprocess(output: np.ndarray, images: Sequence[np.ndarray], config: Networ
         from scipy.special import expit
 
         output = expit(output)
-    maps = []
-    for prediction, image in zip(output, images):
-        if config.minmax:
-            low, high = float(prediction.min()), float(prediction.max())
-            prediction = (prediction - low) / (high - low) if high > low else np.zeros_like(prediction)
-        prediction = cv2.resize(prediction, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-        maps.append(np.clip(prediction, 0.0, 1.0).astype(np.float32))
-    return maps
+    return [network_map(prediction, image.shape[:2], config.minmax) for prediction, image in zip(output, images)]
 
 
 def _batches(count: int, config: NetworkConfig, fixed_batch: int | None) -> list[list[int]]:

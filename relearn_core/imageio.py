@@ -149,6 +149,20 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def network_map(prediction: np.ndarray, shape: tuple[int, int], minmax: bool = True) -> np.ndarray:
+    """A network's probability map (h, w) as an image's saliency map: min-max normalised when asked (a constant map
+    becomes 0), resized bilinearly to ``shape`` (height, width), float32 in [0, 1]. The one rule for an adapter's
+    map and the backbone's own map, which must match."""
+    import cv2
+
+    prediction = np.asarray(prediction, dtype=np.float32)
+    if minmax:
+        low, high = float(prediction.min()), float(prediction.max())
+        prediction = (prediction - low) / (high - low) if high > low else np.zeros_like(prediction)
+    resized = cv2.resize(prediction, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
 def eight_bit(saliency: np.ndarray) -> np.ndarray:
     """A float map in [0, 1] as the uint8 values a written map holds."""
     return np.round(np.clip(saliency, 0, 1) * 255).astype(np.uint8)

@@ -23,7 +23,7 @@ from .imageio import eight_bit
 from .records import TrainingImage
 from .relearning.joint import JointRelearner, PairBatch, predict_joint, split_groups, train_joint
 from .relearning.pair_filter import train_pair_filter
-from .relearning.saliency import fuse, join_with_base, logit
+from .relearning.saliency import Spreading, fuse, join_with_base, logit, spreading
 
 log = logging.getLogger("relearn")
 
@@ -137,12 +137,15 @@ def fit(
 
     scores_by_epoch = []  # epoch 0 (no correction), 1, 2, ...: (objective, shrink, max F, MAE) of the best shrink
     held_pairs, held_groups, held_superpixels = batch.take(held_rows), groups[held_rows], superpixel_ids[held_rows]
+    spreadings: dict[int, Spreading] = {}  # each held-out image's spatial weighting, built once for all epochs
 
     def held_out_error(model: JointRelearner) -> float:
         first = not scores_by_epoch
         scored = [
             written_scores(
-                held_out_maps(model, held_pairs, held_groups, held_superpixels, judged, config, shrink, device)
+                held_out_maps(
+                    model, held_pairs, held_groups, held_superpixels, judged, config, shrink, device, spreadings
+                )
             )
             for shrink in ((1.0,) if first else config.shrinks)
         ]
@@ -169,7 +172,15 @@ def fit(
         }
         if epoch > 0 and config.confidence > 0:
             after = held_out_maps(
-                relearner.joint, held_pairs, held_groups, held_superpixels, judged, config, relearner.shrink, device
+                relearner.joint,
+                held_pairs,
+                held_groups,
+                held_superpixels,
+                judged,
+                config,
+                relearner.shrink,
+                device,
+                spreadings,
             )
             before = [(judged[group].start_map, judged[group].gt) for group in np.unique(held_groups)]
             confidence = gain_confidence(before, list(after), config)
@@ -210,11 +221,14 @@ def shrunk(scores: np.ndarray, prior: np.ndarray, shrink: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(shrink * logit(scores) + (1.0 - shrink) * prior)))
 
 
-def final_map(evidence, start_map: np.ndarray, relearned: np.ndarray, config: RelearnConfig) -> np.ndarray:
+def final_map(
+    evidence, start_map: np.ndarray, relearned: np.ndarray, config: RelearnConfig, spread_by: Spreading | None = None
+) -> np.ndarray:
     """The map wrap writes from re-learned superpixel probabilities (NaN: none): the start map (the base, or the
-    fused map) corrected everywhere, or with join "paper" only where the pseudo-GT is unsure."""
+    fused map) corrected everywhere, or with join "paper" only where the pseudo-GT is unsure; ``spread_by``: the
+    image's spatial weighting when the caller keeps it."""
     changeable = evidence.pseudo_gt.unsure if config.join == "paper" else None
-    return join_with_base(evidence.entry.image, start_map, evidence.superpixels, relearned, changeable)
+    return join_with_base(evidence.entry.image, start_map, evidence.superpixels, relearned, changeable, spread_by)
 
 
 def choose_fusion(
@@ -248,16 +262,20 @@ def held_out_maps(
     config: RelearnConfig,
     shrink: float,
     device: str = "cpu",
+    spreadings: dict[int, Spreading] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The final maps (as wrap makes them) and masks of the held-out training images ``images[g]`` of the rows'
-    groups ``g``."""
+    groups ``g``; ``spreadings`` keeps each group's spatial weighting across calls (None: built per call)."""
+    spreadings = {} if spreadings is None else spreadings
     scores = shrunk(predict_joint(model, pairs, device), pairs.prior, shrink)
     for group in np.unique(groups):
         image = images[group]
         rows = groups == group
         relearned = np.full(image.evidence.superpixels.count, np.nan)
         relearned[superpixel_ids[rows]] = scores[rows]
-        yield final_map(image.evidence, image.start_map, relearned, config), image.gt
+        if group not in spreadings:
+            spreadings[group] = spreading(image.evidence.entry.image, image.evidence.superpixels)
+        yield final_map(image.evidence, image.start_map, relearned, config, spreadings[group]), image.gt
 
 
 def _written_metrics(maps: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[DatasetPR, MAE]:

@@ -65,16 +65,16 @@ def test_pooling_matches_a_loop_over_superpixels(rng, cells):
     np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_fine_levels_use_the_chunked_path_with_the_same_result(rng, monkeypatch):
+def test_fine_levels_sum_each_superpixel_cell_pair_once_with_the_same_result(rng, monkeypatch):
     from relearn_core.relearning import features
 
     labels = torch.from_numpy(_voronoi_labels(rng, 30, 40, 15))
-    level = torch.from_numpy(rng.normal(size=(4, 30, 40)).astype(np.float32))
-    dense = pool_superpixels([level], labels, int(labels.max()) + 1)
+    fine = torch.from_numpy(rng.normal(size=(4, 30, 40)).astype(np.float32))
+    coarse = torch.from_numpy(rng.normal(size=(3, 7, 9)).astype(np.float32))
+    dense = pool_superpixels([fine, coarse], labels, int(labels.max()) + 1)
     monkeypatch.setattr(features, "DENSE_COUNTS_LIMIT", 0)
-    monkeypatch.setattr(features, "PIXEL_CHUNK", 97)
-    chunked = pool_superpixels([level], labels, int(labels.max()) + 1)
-    torch.testing.assert_close(dense, chunked, rtol=1e-5, atol=1e-5)
+    sparse = pool_superpixels([fine, coarse], labels, int(labels.max()) + 1)
+    torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-5)
 
 
 def test_boxes_contain_their_superpixels_and_grow_inside_the_image(rng):

@@ -10,7 +10,16 @@ from relearn_core.evaluation.metrics import DatasetPR
 from relearn_core.imageio import list_by_stem, read_image, read_map, read_mask
 from relearn_core.records import Superpixels
 from relearn_core.relearning.pseudo_gt import bilevel_pseudo_gt
-from relearn_core.relearning.saliency import adjacency, join_with_base, paint, spatial_weighting, superpixel_means
+from relearn_core.relearning.saliency import (
+    COLOUR_SIGMA,
+    POSITION_SIGMA,
+    adjacency,
+    join_with_base,
+    paint,
+    spatial_weighting,
+    spreading,
+    superpixel_means,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +62,32 @@ def test_spatial_weighting_keeps_a_perfect_superpixel_labelling_better_than_pain
         painted.step(paint(regions, truth), gt)
         weighted.step(np.clip(spatial_weighting(image, regions, truth), 0, 1), gt)
     assert weighted.results()["max_f"] > painted.results()["max_f"]
+
+
+def test_one_spreading_serves_any_scores_as_the_weighting_written_out_per_pixel(samples, rng):
+    image, _, _, regions = samples[1]
+    spread = spreading(image, regions)
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    flat = regions.labels.ravel()
+    mean_colour = np.stack([superpixel_means(lab[..., k], regions) for k in range(3)], 1)
+    centroids = regions.centroids()
+    spacing = np.sqrt(regions.labels.size / regions.count)
+    table = adjacency(regions)
+    for unscored_share in (0.0, 0.5):
+        scores = rng.uniform(0, 1, regions.count)
+        scores[rng.uniform(size=regions.count) < unscored_share] = np.nan
+        value = spread(scores)
+        for pixel in rng.choice(flat.size, 200, replace=False):
+            y, x = divmod(pixel, regions.labels.shape[1])
+            candidates = np.unique(table[flat[pixel]])
+            candidates = candidates[np.isfinite(scores[candidates])]
+            if not len(candidates):
+                assert np.isnan(value[y, x])
+                continue
+            colour = ((lab[y, x] - mean_colour[candidates]) ** 2).sum(1) / (2 * COLOUR_SIGMA**2)
+            place = ((np.array([x, y]) - centroids[candidates]) ** 2).sum(1) / (2 * (POSITION_SIGMA * spacing) ** 2)
+            weight = np.exp(-(colour + place) + (colour + place).min())
+            assert value[y, x] == pytest.approx((weight * scores[candidates]).sum() / weight.sum(), abs=1e-5)
 
 
 def test_unscored_superpixels_take_no_part(samples):

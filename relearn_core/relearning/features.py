@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from .. import plugins
 from ..correspondence.align import superpixel_matches
 from ..errors import RelearnError
-from ..imageio import resize_image
+from ..imageio import network_map, resize_image
 from ..records import (
     ImageEntry,
     ImageEvidence,
@@ -41,8 +40,7 @@ DEFAULT_BACKBONE = "handcrafted"  #: runs without weights; "vgg16-hed" is the pa
 SURROUND_SCALE = 2.0
 BACKBONE_LONG_SIDE = 320  #: the image is shrunk to this long side before the backbone (speed on CPU)
 DENSE_COUNTS_LIMIT = 1 << 22  #: largest (superpixels x cells) count matrix pooled by one matrix product
-PIXEL_CHUNK = 1 << 14
-FEATURE_STAGE = Stage("features", 2, keep_in_memory=True)
+FEATURE_STAGE = Stage("features", 3, keep_in_memory=True)
 CUES = 5  #: saliency cues appended to each superpixel's backbone feature (see ``saliency_cues``)
 
 
@@ -108,10 +106,10 @@ def _own_sums(cell_features: torch.Tensor, flat_labels: torch.Tensor, cell_of_pi
         # (superpixel x cell) pixel counts, then one matrix product
         counts = torch.bincount(flat_labels * cells + cell_of_pixel, minlength=count * cells)
         return counts.view(count, cells).float() @ cell_features.T
+    # sparse: only the (superpixel, cell) pairs that occur, each added once with its pixel count
+    pairs, counts = torch.unique(flat_labels * cells + cell_of_pixel, return_counts=True)
     sums = torch.zeros(count, channels, device=cell_features.device)
-    for start in range(0, flat_labels.numel(), PIXEL_CHUNK):  # bounded memory for fine, wide levels
-        chunk = slice(start, start + PIXEL_CHUNK)
-        sums.index_add_(0, flat_labels[chunk], cell_features[:, cell_of_pixel[chunk]].T)
+    sums.index_add_(0, pairs // cells, cell_features[:, pairs % cells].T * counts[:, None].float())
     return sums
 
 
@@ -217,11 +215,7 @@ def superpixel_features(
 def backbone_saliency(logit: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     """A saliency network's own map from its logit (h, w): sigmoid, min-max normalised, resized (bilinearly) to the
     image's ``shape``; float16 in [0, 1]."""
-    probability = torch.sigmoid(logit.float()).cpu().numpy()
-    low, high = float(probability.min()), float(probability.max())
-    probability = (probability - low) / (high - low) if high > low else np.zeros_like(probability)
-    resized = cv2.resize(probability, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0).astype(np.float16)
+    return network_map(torch.sigmoid(logit.float()).cpu().numpy(), shape).astype(np.float16)
 
 
 def knowledge_backbone(backbone: str) -> str:

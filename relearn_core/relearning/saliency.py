@@ -16,9 +16,12 @@ max F). A superpixel of uniform base values lands exactly on its re-learned scor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numba
 import numpy as np
+import scipy.sparse
 
 from ..errors import RelearnError
 from ..records import Superpixels
@@ -79,31 +82,91 @@ def _log_weight(pixel_lab, x, y, colour, centroid, colour_factor, position_facto
 
 
 @numba.njit(cache=True, nogil=True)
-def _weighted_pixel_scores(
-    lab, labels, width, offsets, per_label, candidates, mean_colour, centroids, scores, colour_factor, position_factor
+def _spreading_weights(
+    lab, labels, width, offsets, per_label, candidates, mean_colour, centroids, colour_factor, position_factor
 ):
-    """Per pixel, the softmax-weighted mean of its candidate superpixels' scores (NaN when it has none)."""
-    value = np.full(labels.size, np.nan)
+    """CSR rows (indptr, indices, weights), one per pixel: its candidate superpixels' softmax numerators, shifted by
+    the row's largest log-weight to keep the exponentials in range."""
+    indptr = np.zeros(labels.size + 1, np.int64)
+    for pixel in range(labels.size):
+        indptr[pixel + 1] = indptr[pixel] + per_label[labels[pixel]]
+    indices = np.empty(indptr[-1], np.int64)
+    weights = np.empty(indptr[-1], np.float64)
     for pixel in range(labels.size):
         label = labels[pixel]
         y, x = divmod(pixel, width)
-        start, stop = offsets[label], offsets[label] + per_label[label]
+        start, row = offsets[label], indptr[pixel]
         top = -np.inf
-        for k in range(start, stop):  # first pass: the largest log-weight, to keep the exponentials in range
-            c = candidates[k]
+        for k in range(per_label[label]):
+            c = candidates[start + k]
             log_weight = _log_weight(lab[pixel], x, y, mean_colour[c], centroids[c], colour_factor, position_factor)
+            indices[row + k] = c
+            weights[row + k] = log_weight
             top = max(top, log_weight)
-        total = 0.0
-        weighted = 0.0
-        for k in range(start, stop):
-            c = candidates[k]
-            log_weight = _log_weight(lab[pixel], x, y, mean_colour[c], centroids[c], colour_factor, position_factor)
-            weight = np.exp(log_weight - top)
-            total += weight
-            weighted += weight * scores[c]
-        if total > 0:
-            value[pixel] = weighted / total
-    return value
+        for k in range(per_label[label]):
+            weights[row + k] = np.exp(weights[row + k] - top)
+    return indptr, indices, weights
+
+
+@dataclass(frozen=True)
+class Spreading:
+    """Spatial weighting of one image's superpixels, built once and applied to any number of score vectors (the
+    epochs and shrinks of training judge the same held-out images many times).
+
+    ``weights`` (H * W, S): each pixel's unnormalised weight of its own and adjacent superpixels; a call normalises
+    over the candidates that have a score.
+    """
+
+    weights: scipy.sparse.csr_matrix
+    shape: tuple[int, int]
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        """(H, W) float32: each pixel's weighted mean of its scored candidates' ``scores`` (S,); NaN scores take no
+        part, and a pixel whose candidates all lack one gets NaN."""
+        scores = np.asarray(scores, dtype=np.float64)
+        count = self.weights.shape[1]
+        if scores.shape != (count,):
+            raise RelearnError(f"expected {count} superpixel scores, got shape {scores.shape}")
+        scored = np.isfinite(scores)
+        total = self.weights @ scored.astype(np.float64)
+        weighted = self.weights @ np.where(scored, scores, 0.0)
+        value = np.full(total.shape, np.nan)
+        np.divide(weighted, total, out=value, where=total > 0)
+        return value.reshape(self.shape).astype(np.float32)
+
+
+def spreading(
+    image: np.ndarray,
+    superpixels: Superpixels,
+    colour_sigma: float = COLOUR_SIGMA,
+    position_sigma: float = POSITION_SIGMA,
+) -> Spreading:
+    """The spatial weighting of ``image`` (RGB) over its ``superpixels``: Gaussian in CIELAB colour (``colour_sigma``)
+    and in position (``position_sigma`` superpixel spacings), over each pixel's own and 4-connected superpixels."""
+    count = superpixels.count
+    height, width = superpixels.labels.shape
+    lab = _lab(image).reshape(-1, 3)
+    flat = superpixels.labels.ravel().astype(np.int64)
+    sizes = np.maximum(np.bincount(flat, minlength=count), 1)[:, None]
+    mean_colour = np.stack([np.bincount(flat, lab[:, k], count) for k in range(3)], 1) / sizes
+    spacing = np.sqrt(height * width / count)
+    pairs = _neighbour_pairs(superpixels, include_self=True)  # CSR lists by superpixel, self included
+    per_label = np.bincount(pairs[:, 0], minlength=count)
+    indptr, indices, weights = _spreading_weights(
+        lab.astype(np.float64),
+        flat,
+        width,
+        np.cumsum(per_label) - per_label,
+        per_label,
+        pairs[:, 1].copy(),
+        mean_colour,
+        superpixels.centroids(),  # (S, 2) x, y
+        1.0 / (2 * colour_sigma**2),
+        1.0 / (2 * (position_sigma * spacing) ** 2),
+    )
+    return Spreading(
+        scipy.sparse.csr_matrix((weights, indices, indptr), shape=(height * width, count)), (height, width)
+    )
 
 
 def spatial_weighting(
@@ -117,37 +180,7 @@ def spatial_weighting(
 
     Scores that are NaN (no prediction) take no part; a pixel whose candidates all lack a score gets NaN.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    count = superpixels.count
-    if scores.shape != (count,):
-        raise RelearnError(f"expected {count} superpixel scores, got shape {scores.shape}")
-    height, width = superpixels.labels.shape
-    lab = _lab(image).reshape(-1, 3)
-    flat = superpixels.labels.ravel().astype(np.int64)
-    sizes = np.maximum(np.bincount(flat, minlength=count), 1)[:, None]
-    mean_colour = np.stack([np.bincount(flat, lab[:, k], count) for k in range(3)], 1) / sizes
-    centroids = superpixels.centroids()  # (S, 2) x, y
-    spacing = np.sqrt(height * width / count)
-
-    # each pixel against its own superpixel and that one's neighbours (CSR lists, self included), unscored left out
-    pairs = _neighbour_pairs(superpixels, include_self=True)
-    pairs = pairs[np.isfinite(scores[pairs[:, 1]])]
-    per_label = np.bincount(pairs[:, 0], minlength=count)
-    offsets = np.cumsum(per_label) - per_label
-    value = _weighted_pixel_scores(
-        lab.astype(np.float64),
-        flat,
-        width,
-        offsets,
-        per_label,
-        pairs[:, 1].copy(),
-        mean_colour,
-        centroids,
-        scores,
-        1.0 / (2 * colour_sigma**2),
-        1.0 / (2 * (position_sigma * spacing) ** 2),
-    )
-    return value.reshape(height, width).astype(np.float32)
+    return spreading(image, superpixels, colour_sigma, position_sigma)(scores)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -177,14 +210,14 @@ def join_with_base(
     superpixels: Superpixels,
     relearned: np.ndarray,
     changeable: np.ndarray | None = None,
-    colour_sigma: float = COLOUR_SIGMA,
-    position_sigma: float = POSITION_SIGMA,
+    spread_by: Spreading | None = None,
 ) -> np.ndarray:
     """The final map (H, W) float32: ``base_map`` with the re-learned correction, on the pixels ``changeable`` allows
     (bool (H, W); None: every pixel), the base exactly elsewhere.
 
     :param relearned: (S,) re-learned saliency probability of each superpixel; NaN where there is none (for
         example no usable neighbour): those superpixels add no correction.
+    :param spread_by: the image's spatial weighting, when the caller keeps it (None: built here).
     """
     if base_map.shape != superpixels.labels.shape or (changeable is not None and changeable.shape != base_map.shape):
         raise RelearnError(
@@ -196,7 +229,7 @@ def join_with_base(
     # a soft, mixed superpixel, and that bias alone moved Amulet's maps (SOD 5-fold: max F 0.8034 against 0.8066)
     correction = logit(relearned) - logit(superpixel_means(base_map, superpixels))
     correction[~np.isfinite(relearned)] = np.nan
-    spread = spatial_weighting(image, superpixels, correction, colour_sigma, position_sigma)
+    spread = (spreading(image, superpixels) if spread_by is None else spread_by)(correction)
     spread = np.nan_to_num(spread, nan=0.0)
     base_logit = logit(base_map)
     # the change the correction makes to the clipped logit, added to the exact base value: no correction, no change
