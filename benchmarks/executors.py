@@ -88,7 +88,7 @@ def prepare(kind: str, workers: int, paths: list[Path], adapter, cache_dir: Path
         "wall_seconds": wall,
         "images": len(pool.entries),
         "images_per_second": len(pool.entries) / wall,
-        "megapixels_per_second": sum(entry.image.shape[0] * entry.image.shape[1] for entry in entries) / 1e6 / wall,
+        "megapixels_per_second": sum(entry.image[..., 0].size for entry in pool.entries) / 1e6 / wall,
         "descriptors": pool.index.descriptors,
         "maps": [by_hash[entry.hash] for entry in pool.entries],
     }
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             for kind in args.kinds.split(","):
                 with tempfile.TemporaryDirectory(prefix="relearn-executors-") as cache:
                     run = prepare(kind, args.workers, paths, adapter, Path(cache))
-                reference = reference or run
+                reference = run if reference is None else reference
                 runs.append(
                     {key: value for key, value in run.items() if key not in ("descriptors", "maps")}
                     | {

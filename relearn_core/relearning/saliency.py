@@ -146,15 +146,13 @@ def spreading(
     count = superpixels.count
     height, width = superpixels.labels.shape
     lab = _lab(image).reshape(-1, 3)
-    flat = superpixels.labels.ravel().astype(np.int64)
-    sizes = np.maximum(np.bincount(flat, minlength=count), 1)[:, None]
-    mean_colour = np.stack([np.bincount(flat, lab[:, k], count) for k in range(3)], 1) / sizes
+    mean_colour = np.stack([superpixel_means(lab[:, k], superpixels) for k in range(3)], 1)
     spacing = np.sqrt(height * width / count)
     pairs = _neighbour_pairs(superpixels, include_self=True)  # CSR lists by superpixel, self included
     per_label = np.bincount(pairs[:, 0], minlength=count)
     indptr, indices, weights = _spreading_weights(
         lab.astype(np.float64),
-        flat,
+        superpixels.labels.ravel().astype(np.int64),
         width,
         np.cumsum(per_label) - per_label,
         per_label,
