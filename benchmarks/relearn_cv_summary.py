@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from relearn_core.config import default_config
 from relearn_core.imageio import atomic_write_bytes
 
 GAIN = 0.02  #: over X, for a base the backbone's knowledge is new to
@@ -37,6 +38,23 @@ def goal_met(result: dict) -> bool:
     return met
 
 
+def _flat(values: dict, where: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{where}{key}.")
+        else:
+            flat[where + key] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def changed_settings(config: dict) -> str:
+    """The configuration fields a run set away from the default (backbone and join have their own columns)."""
+    default = _flat(default_config().to_dict())
+    changed = {key: value for key, value in _flat(config).items() if default.get(key) != value}
+    return ", ".join(f"{key}={value}" for key, value in sorted(changed.items()) if key not in ("backbone", "join"))
+
+
 def summary_rows(path: Path) -> list[dict]:
     """X, X + CRF, the ensemble, Our(X) and the ablation variants of one result file, one row each."""
     result = json.loads(path.read_text())
@@ -46,6 +64,7 @@ def summary_rows(path: Path) -> list[dict]:
         "base_model": result["base_model"],
         "backbone": result["backbone"],
         "join": result["config"]["join"],
+        "settings": changed_settings(result["config"]),
         "extra_pool": result["pool_images_used"],
         "extra_train": result.get("extra_train_images", 0),
     }
@@ -83,8 +102,8 @@ def markdown(rows: list[dict]) -> str:
         f"rows): >= +{GAIN} max F with a lower MAE, above X + CRF and the ensemble; a base re-learned with its own "
         f"network (no new knowledge): >= +{OWN_GAIN}, lower MAE, above X + CRF.",
         "",
-        "| dataset | base | backbone | join | method | max F | MAE | gain | MAE change | goal | file |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | base | backbone | join | settings | method | max F | MAE | gain | MAE change | goal | file |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         goal = ""
@@ -97,6 +116,7 @@ def markdown(rows: list[dict]) -> str:
             r["base_model"],
             r["backbone"],
             r["join"],
+            r["settings"] or "default",
             r["method"],
             f"{r['max_f']:.4f}",
             f"{r['mae']:.4f}",

@@ -111,7 +111,7 @@ def fit(
     summary["filter"] = pair_filter is not None
     del filter_cf
     relearner = Relearner(base, config, pair_filter, None, usable[0][0].cf.shape[2], summary, knowledge, fusion)  # type: ignore[arg-type]
-    batches, targets_z, groups, superpixel_ids, judged, held_rows = [], [], [], [], [], []
+    batches, targets_z, pixels, groups, superpixel_ids, judged, held_rows = [], [], [], [], [], [], []
     for image, held in usable:
         keep = relearner.keep(image.cf, image.valid, device)
         rows = keep.any(1)
@@ -120,6 +120,8 @@ def fit(
                 PairBatch(image.cf[rows], image.similarity[rows].astype(np.float32), keep[rows], image.prior[rows])
             )
             targets_z.append(image.salient_share[rows])
+            segments = image.evidence.superpixels
+            pixels.append(np.bincount(segments.labels.ravel(), minlength=segments.count)[image.superpixels[rows]])
             groups.append(np.full(int(rows.sum()), len(judged)))
             superpixel_ids.append(image.superpixels[rows])
             held_rows.append(np.full(int(rows.sum()), held))
@@ -156,7 +158,7 @@ def fit(
         return -scores_by_epoch[-1][0]
 
     relearner.joint, history = train_joint(
-        batch, np.concatenate(targets_z), config.joint, device, held_rows, held_out_error
+        batch, np.concatenate(targets_z), config.joint, device, held_rows, held_out_error, np.concatenate(pixels)
     )
     summary["classifier_errors"] = history[-1] if history else []
     if scores_by_epoch:

@@ -14,6 +14,7 @@ from relearn_core.relearning.joint import (
     boosting_weights,
     final_loss,
     predict_joint,
+    soft_f_measure,
     split_groups,
     train_joint,
 )
@@ -77,6 +78,45 @@ def test_final_loss_counts_only_kept_pairs_of_each_classifier():
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = bce(joint, target) + bce(torch.tensor(5.0), torch.tensor(1.0))
     assert final_loss(joint, branch, keep, target, alpha).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_soft_f_measure_on_hard_maps_is_the_fields_f_measure_counted_in_pixels(rng):
+    """Binary predictions: the soft F-measure of superpixels weighted by their pixels is the pixel F-measure of the
+    map they paint (beta^2 = 0.3)."""
+    pixels = rng.integers(20, 200, 40)
+    predicted = rng.random(40) < 0.5
+    truth = rng.random(40) < 0.5
+    map_, mask = np.repeat(predicted, pixels), np.repeat(truth, pixels)
+    precision = (map_ & mask).sum() / map_.sum()
+    recall = (map_ & mask).sum() / mask.sum()
+    expected = 1.3 * precision * recall / (0.3 * precision + recall)
+    as_tensors = (torch.tensor(v, dtype=torch.float32) for v in (predicted, truth, pixels))
+    assert soft_f_measure(*as_tensors).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_f_mae_loss_weighs_superpixels_by_their_pixels():
+    """One large superpixel wrong costs more than one small one wrong; the loss is 0 for a perfect prediction."""
+    target = torch.tensor([1.0, 1.0, 0.0])
+    keep, branch, alpha = torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(1)
+    pixels = torch.tensor([1000.0, 10.0, 500.0])
+
+    def loss(joint):
+        return final_loss(torch.tensor(joint), branch, keep, target, alpha, "f-mae", pixels).item()
+
+    assert loss([30.0, 30.0, -30.0]) == pytest.approx(0.0, abs=1e-6)
+    assert loss([-30.0, 30.0, -30.0]) > loss([30.0, -30.0, -30.0]) > 0.0
+    with pytest.raises(RelearnError, match="f-mae"):
+        final_loss(torch.zeros(3), branch, keep, target, alpha, "hinge")
+
+
+def test_the_f_mae_loss_trains_a_re_learner_that_beats_the_base_prior(rng):
+    pairs, z = synthetic_pairs(rng)
+    config = JointConfig(hidden=(32, 16), epochs=15, batch_size=64, seed=1, loss="f-mae")
+    pixels = rng.integers(50, 400, len(z))
+    model, _ = train_joint(pairs.take(slice(0, 1000)), z[:1000], config, pixels=pixels[:1000])
+    test, truth = pairs.take(slice(1000, None)), z[1000:]
+    accuracy = ((predict_joint(model, test) > 0.5) == (truth > 0.5)).mean()
+    assert accuracy > ((test.prior > 0) == (truth > 0.5)).mean() + 0.15
 
 
 def test_shapes_are_checked(rng):

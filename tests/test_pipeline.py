@@ -514,14 +514,14 @@ def test_training_on_several_datasets_uses_each_picture_once(tiny, config, cache
     assert result.exit_code == 2 and "2 --images folders but 1 --gt folders" in result.output
 
 
-@pytest.mark.parametrize("backbone", ["handcrafted", "u2netp"])
-def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, tiny, config, cache_dir, tmp_path):
+@pytest.mark.parametrize(("backbone", "loss"), [("handcrafted", "f-mae"), ("u2netp", "l1")])
+def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, loss, tiny, config, cache_dir, tmp_path):
     """Join "fused": the base is fused with the backbone's own saliency map (U2-Net-p's for the u2netp backbone, none
     for handcrafted: then the base alone is calibrated), the fusion and the shrink are learned on the training images,
     and wrap writes the fused map corrected wherever the re-learner acts, trusted pixels included."""
     from relearn_core.relearning.saliency import fuse
 
-    fused = config.with_overrides({"join": "fused", "backbone": backbone, "joint": {"loss": "l1"}})
+    fused = config.with_overrides({"join": "fused", "backbone": backbone, "joint": {"loss": loss}})
     relearner = run_train(tiny, fused, cache_dir).relearner
     choice = relearner.summary["fusion_held_out"]
     a, b, _ = choice["weights"]  # learned on the training images, kept when the held-out one says it helps

@@ -33,6 +33,7 @@ from ..errors import RelearnError
 from .pair_filter import Standardise, fc_stack
 
 NEIGHBOURS = 5  #: M of the paper
+BETA2 = 0.3  #: beta^2 of the F-measure, as the field scores it
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,10 @@ class JointConfig:
     error_clamp: tuple[float, float] = (0.02, 0.48)
     #: share of training images held out to choose the epoch (0: train on all, keep the last)
     validation_share: float = 0.2
-    #: the joint classifier's loss against the ground-truth share Z: "bce" (the paper's sigma of Eq. (6)) or "l1"
-    #: (the absolute error, MAE's own measure: it keeps the re-learned scores decisive where BCE leaves them soft)
+    #: the joint classifier's loss against the ground-truth share Z: "bce" (the paper's sigma of Eq. (6)), "l1" (the
+    #: absolute error, MAE's own measure: it keeps the re-learned scores decisive where BCE leaves them soft) or
+    #: "f-mae" (one minus the soft F-measure of the batch plus its MAE, both weighted by the superpixels' pixels: the
+    #: two figures the maps are judged by, made differentiable)
     loss: str = "bce"
     seed: int = 0
 
@@ -142,15 +145,30 @@ def classifier_errors(model: JointRelearner, batch: tuple[torch.Tensor, ...], ta
     return torch.where(counts > 0, wrong.sum(0) / counts.clamp_min(1), torch.full_like(counts, 0.5))
 
 
-def final_loss(joint, branch, keep, target, alpha, joint_loss: str = "bce") -> torch.Tensor:
-    """Eq. (7): the joint loss plus the alpha-weighted classifier losses, each over its kept pairs."""
+def soft_f_measure(probability: torch.Tensor, target: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """The F-measure (beta^2 = 0.3, the field's) of soft predictions against soft targets, each superpixel counted by
+    its pixels: precision sum(p z) / sum(p), recall sum(p z) / sum(z), all weighted by ``pixels``."""
+    hit = (pixels * probability * target).sum()
+    precision = hit / (pixels * probability).sum().clamp_min(1e-8)
+    recall = hit / (pixels * target).sum().clamp_min(1e-8)
+    return (1 + BETA2) * precision * recall / (BETA2 * precision + recall).clamp_min(1e-8)
+
+
+def final_loss(joint, branch, keep, target, alpha, joint_loss: str = "bce", pixels=None) -> torch.Tensor:
+    """Eq. (7): the joint loss plus the alpha-weighted classifier losses, each over its kept pairs; ``pixels`` (N,):
+    each target superpixel's pixel count, which "f-mae" weighs by (None: all alike)."""
     bce = nn.functional.binary_cross_entropy_with_logits
     if joint_loss == "l1":
         loss = (torch.sigmoid(joint) - target).abs().mean()
     elif joint_loss == "bce":
         loss = bce(joint, target)
+    elif joint_loss == "f-mae":
+        pixels = torch.ones_like(target) if pixels is None else pixels
+        probability = torch.sigmoid(joint)
+        mae = (pixels * (probability - target).abs()).sum() / pixels.sum().clamp_min(1e-8)
+        loss = 1 - soft_f_measure(probability, target, pixels) + mae
     else:
-        raise RelearnError(f"unknown joint loss {joint_loss!r}: expected 'bce' or 'l1'")
+        raise RelearnError(f"unknown joint loss {joint_loss!r}: expected 'bce', 'l1' or 'f-mae'")
     per_pair = bce(branch, target[:, None].expand_as(branch), reduction="none") * keep
     return loss + (alpha * per_pair.sum(0) / keep.sum(0).clamp_min(1)).sum()
 
@@ -172,8 +190,10 @@ def train_joint(
     device: str = "cpu",
     held_out: np.ndarray | None = None,
     held_out_error: Callable[[JointRelearner], float] | None = None,
+    pixels: np.ndarray | None = None,
 ) -> tuple[JointRelearner, list[list[float]]]:
-    """Train the M classifiers and the joint classifier on ``pairs`` with saliency targets Z (N,) in [0, 1].
+    """Train the M classifiers and the joint classifier on ``pairs`` with saliency targets Z (N,) in [0, 1]; ``pixels``
+    (N,): each target superpixel's pixel count, for the "f-mae" loss (None: all alike).
 
     With ``held_out`` (bool (N,): the rows of the training images kept for validation, see ``split_groups``), the
     model trains on the other rows, and the epoch with the lowest ``held_out_error(model)`` is kept, epoch 0 (the
@@ -191,10 +211,12 @@ def train_joint(
     torch.manual_seed(config.seed)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     validating = held_out is not None and bool(held_out.any())
+    pixels = np.ones(len(pairs), np.float32) if pixels is None else np.asarray(pixels, np.float32)
     if validating:
-        pairs, target = pairs.take(~held_out), np.asarray(target)[~held_out]
+        pairs, target, pixels = pairs.take(~held_out), np.asarray(target)[~held_out], pixels[~held_out]
     tensors = pairs.tensors(device)
     z = torch.as_tensor(target, dtype=torch.float32, device=device)
+    area = torch.as_tensor(pixels, dtype=torch.float32, device=device)
     model = JointRelearner(pairs.cf.shape[2], config).to(device)
     kept_pairs = tensors[0][tensors[2] > 0]
     model.standardise.fit(kept_pairs if len(kept_pairs) > 1 else tensors[0].reshape(-1, tensors[0].shape[-1]))
@@ -212,7 +234,7 @@ def train_joint(
             optimiser.zero_grad()
             batch = [t[rows] for t in tensors]
             joint, branch = model(*batch)
-            final_loss(joint, branch, batch[2], z[rows], alpha, config.loss).backward()
+            final_loss(joint, branch, batch[2], z[rows], alpha, config.loss, area[rows]).backward()
             optimiser.step()
         if validating:
             error = held_out_error(model.eval())
