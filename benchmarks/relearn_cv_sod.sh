@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # relearn_cv.py with the default configuration (registry.yaml's relearn: section) for every base on SOD and for MB+
-# and U2-Net-p on WeizmannHorse-dev (the other horses are the pool), with the ablation variants of each, then one
-# table: benchmarks/results/relearn_ablation.md.
+# and U2-Net-p on WeizmannHorse-dev (the other horses are the pool), with the ablation variants of each, the levers
+# tried beside the default (benchmarks/configs/*.yaml: the re-learner's objective, the pair filter, the selection, the
+# bootstrap guard; GrabCut as extra training data), then one table: benchmarks/results/relearn_ablation.md.
 #   bash benchmarks/relearn_cv_sod.sh [JOBS]     (JOBS parallel runs, default 1; each uses one torch thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ run() {  # one relearn_cv.py run per line of stdin, JOBS at a time
 }
 SOD="--data $DATA/SOD"
 HORSES="--data $DATA/WeizmannHorse-dev"
+DSS="$SOD --base dss --maps $DATA/SOD/maps/DSS"
+LEVER=benchmarks/configs
 printf '%s\n' \
   "$SOD --base dss --maps $DATA/SOD/maps/DSS --components C1 --components C6 --components 'paper join' --components 'fusion only' --out $OUT/relearn_cv_dss_u2netp.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --out $OUT/relearn_cv_amulet_u2netp.json" \
@@ -25,6 +28,14 @@ printf '%s\n' \
   "$SOD --base mbplus --out $OUT/relearn_cv_mbplus_u2netp.json" \
   "$HORSES --base mbplus --components 'no correspondence' --components 'label transfer' --out $OUT/relearn_cv_horses_mbplus_u2netp.json" \
   "$HORSES --base u2netp --components 'no correspondence' --components 'fusion only' --out $OUT/relearn_cv_horses_u2netp_u2netp.json" \
+  "$DSS --config $LEVER/loss_l1.yaml --out $OUT/relearn_cv_dss_u2netp_loss_l1.json" \
+  "$DSS --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_dss_u2netp_loss_f_mae.json" \
+  "$DSS --config $LEVER/select_max_f.yaml --out $OUT/relearn_cv_dss_u2netp_select_max_f.json" \
+  "$DSS --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_dss_u2netp_no_filter.json" \
+  "$SOD --base u2netp --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_u2netp_u2netp_loss_f_mae.json" \
+  "$SOD --base u2netp --config $LEVER/confidence_95.yaml --out $OUT/relearn_cv_u2netp_u2netp_confidence.json" \
+  "$SOD --base u2netp --extra-train $DATA/GrabCut --out $OUT/relearn_cv_u2netp_u2netp_grabcut.json" \
   | run
 $PY benchmarks/relearn_cv_summary.py $OUT/relearn_cv_{dss,amulet,u2netp,mbplus}_u2netp.json \
-  $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json --out $OUT/relearn_ablation.json
+  $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_dss_u2netp_*.json \
+  $OUT/relearn_cv_u2netp_u2netp_*.json --out $OUT/relearn_ablation.json

@@ -55,6 +55,10 @@ def changed_settings(config: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(changed.items()) if key not in ("backbone", "join"))
 
 
+def _extra_training(images: int) -> str:
+    return f"+{images} extra training images" if images else ""
+
+
 def summary_rows(path: Path) -> list[dict]:
     """X, X + CRF, the ensemble, Our(X) and the ablation variants of one result file, one row each."""
     result = json.loads(path.read_text())
@@ -64,7 +68,9 @@ def summary_rows(path: Path) -> list[dict]:
         "base_model": result["base_model"],
         "backbone": result["backbone"],
         "join": result["config"]["join"],
-        "settings": changed_settings(result["config"]),
+        "settings": ", ".join(
+            filter(None, [changed_settings(result["config"]), _extra_training(result.get("extra_train_images", 0))])
+        ),
         "extra_pool": result["pool_images_used"],
         "extra_train": result.get("extra_train_images", 0),
     }
