@@ -35,6 +35,7 @@ printf '%s\n' \
   "$SOD --base u2netp --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_u2netp_u2netp_loss_f_mae.json" \
   "$SOD --base u2netp --config $LEVER/confidence_95.yaml --out $OUT/relearn_cv_u2netp_u2netp_confidence.json" \
   "$SOD --base u2netp --extra-train $DATA/GrabCut --out $OUT/relearn_cv_u2netp_u2netp_grabcut.json" \
+  "$SOD --base u2netp --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_filter.json" \
   | run
 $PY benchmarks/relearn_cv_summary.py $OUT/relearn_cv_{dss,amulet,u2netp,mbplus}_u2netp.json \
   $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_dss_u2netp_*.json \
