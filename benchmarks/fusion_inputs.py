@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
     }
-    atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
     atomic_write_bytes(args.out.with_suffix(".md"), markdown(report).encode())
     print(markdown(report))
     return 0
