@@ -114,11 +114,9 @@ def relearn_extract_features(backbone, images, device):
     from .network import IMAGENET_MEAN, IMAGENET_STD
     from .u2netp_network import network
 
-    # the network's own input (the features stage resized the images to INPUT_SIZE): divided by the image's maximum,
-    # ImageNet normalisation
+    # the network's own input: divided by the image's maximum, ImageNet normalisation. The features stage gives
+    # images at INPUT_SIZE; a knowledge view may give another size, which the fully convolutional network takes
     x = images.float()
-    if tuple(x.shape[-2:]) != INPUT_SIZE:
-        x = F.interpolate(x, size=INPUT_SIZE, mode="bilinear", align_corners=False, antialias=True)
     x = x / x.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)

@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from relearn_core import __version__
-from relearn_core.api import RunReport, copies, knowledge_adapter, predict, read_entries, train, wrap
+from relearn_core.api import RunReport, copies, knowledge_adapter, knowledge_maps, predict, read_entries, train, wrap
 from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
 from relearn_core.config import default_config
@@ -165,13 +165,15 @@ def run(args) -> dict:
         found, extra_masks = images_in(folder / "images"), list_by_stem(folder / "gt")
         extra_train.update({path: read_mask(extra_masks[stem]) for stem, path in found.items() if stem in extra_masks})
     extra_entries = read_entries(list(extra_train), RunReport())
-    # the backbone's own saliency map (U2-Net-p's for the u2netp backbone): the mean of X and it is what a re-learner
-    # with that knowledge must beat beyond averaging
+    # the backbone's own saliency map (U2-Net-p's for the u2netp backbone; over the knowledge views when there are
+    # some): the mean of X and it is what a re-learner with that knowledge must beat beyond averaging
     knowledge = knowledge_adapter(config.with_overrides({"join": "fused"}))
-    knowledge_maps = {}
-    if knowledge:
+    knowledge_of = {}
+    if knowledge and config.knowledge_views:
+        knowledge_of = knowledge_maps([images[i] for i in ids], config, workspace=ws)
+    elif knowledge:
         for path, outcome in predict([images[i] for i in ids], knowledge, workspace=ws):
-            knowledge_maps[path] = outcome
+            knowledge_of[path] = outcome
     # the full method first in each fold, so that its held images are new to the cache's memory
     wanted = set(args.components) | ({c.name for c in COMPONENTS} if args.ablation else set())
     variants = [component(FULL)] + [c for c in (*COMPONENTS[:-1], *BEYOND) if c.name in wanted]
@@ -253,7 +255,8 @@ def run(args) -> dict:
                 stage_seconds["base_crf (the anchor, not part of wrap)"] += time.perf_counter() - start
                 scorers["base_crf"].step(k, refined, gt)
                 if knowledge:
-                    scorers["ensemble"].step(k, (base_map + knowledge_maps[path]) / 2, gt)
+                    scorers["knowledge_map"].step(k, knowledge_of[path], gt)
+                    scorers["ensemble"].step(k, (base_map + knowledge_of[path]) / 2, gt)
     per_image = {stage: total / max(wrapped, 1) for stage, total in stage_seconds.items()}
     wrap_total = sum(v for stage, v in per_image.items() if not stage.startswith("base"))
 
@@ -275,6 +278,8 @@ def run(args) -> dict:
         "base": scorers["base"].scores(),
         "base_crf": scorers["base_crf"].scores(),
         "knowledge": knowledge,
+        "knowledge_views": list(config.knowledge_views),
+        "knowledge_map": scorers["knowledge_map"].scores() if knowledge else None,
         "ensemble": scorers["ensemble"].scores() if knowledge else None,
         "extra_train": [str(p) for p in args.extra_train],
         "extra_train_images": len(extra_entries),
@@ -312,7 +317,11 @@ def markdown_rows(result: dict) -> list[str]:
     """The table of scores: X, X + CRF, the ensemble, Our(X) and the ablation's variants."""
     rows = [("X (base)", result["base"]), ("X + CRF", result["base_crf"])]
     if result["ensemble"]:
-        rows.append((f"ensemble: mean of X and {result['knowledge']}", result["ensemble"]))
+        views = result.get("knowledge_views")
+        knowledge = result["knowledge"] + (f" over views {', '.join(views)}" if views else "")
+        if result.get("knowledge_map"):
+            rows.append((f"{knowledge} alone", result["knowledge_map"]))
+        rows.append((f"ensemble: mean of X and {knowledge}", result["ensemble"]))
     rows.append(("Our(X)", result["ours"]))
     rows += [(f"ablation {k}", v) for k, v in result.get("ablation", {}).items() if k not in ("C1", FULL)]
     lines = ["| method | max F | MAE | mean F | S-measure | max E |", "|---|---|---|---|---|---|"]

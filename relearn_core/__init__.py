@@ -1,6 +1,7 @@
 """relearn: salient object detection via multiple instance joint re-learning (Ma et al., IEEE TMM).
 
-The Python API (relearn_core/api.py) is importable from here: ``train``, ``wrap``, ``predict``, ``save_checkpoint``,
+The Python API (relearn_core/api.py) is importable from here: ``train``, ``wrap``, ``predict``, ``knowledge_maps``,
+``save_checkpoint``,
 ``load_checkpoint``, ``RelearnConfig``, ``Workspace``, ``make_executor``. It loads on first use, so that the command
 line starts without importing torch.
 """
@@ -17,6 +18,7 @@ _API = {
     "train": "api",
     "wrap": "api",
     "predict": "api",
+    "knowledge_maps": "api",
     "prepare_pool": "api",
     "RunReport": "api",
     "save_checkpoint": "checkpoint",

@@ -198,6 +198,20 @@ def knowledge_adapter(config: RelearnConfig) -> str:
     return (plugins.get_backbone(part).info.saliency_adapter or part) if part else ""
 
 
+def knowledge_maps(
+    images: Sequence[ImagePath], config: RelearnConfig, *, workspace: Workspace | None = None
+) -> dict[Path, np.ndarray]:
+    """The map join "fused" fuses with the base's, by path: the backbone's own saliency map of each image, over the
+    configuration's knowledge views (float32 (H, W) in [0, 1]); empty when no backbone part is a saliency network."""
+    ws = workspace or Workspace()
+    if not knowledge_backbone(config.backbone):
+        return {}
+    entries = [read_entry(path) for path in images]
+    with one_torch_thread():
+        made = ws.map(functools.partial(knowledge_map, ws, config), entries)
+        return {Path(entry.path): saliency for entry, saliency in zip(entries, made)}
+
+
 def _knowledge_maps(
     ws: Workspace,
     adapter: plugins.Adapter,
@@ -208,11 +222,11 @@ def _knowledge_maps(
     progress: Progress,
 ) -> dict[str, np.ndarray]:
     """The backbone's own saliency maps of the entries by content hash (the base's maps when the base is that
-    network). They come from the features pass, which the re-learner needs for these images anyway: the network
-    runs once per image."""
+    network and no views are asked for). They come from the features pass, which the re-learner needs for these images
+    anyway: the network runs once per image, and once more per knowledge view."""
     if not knowledge:
         return {}
-    if knowledge == adapter.name:
+    if knowledge == adapter.name and not config.knowledge_views:
         return {entry.hash: maps[entry.hash] for entry in entries}
     found = {}
     made = ws.map(functools.partial(knowledge_map, ws, config), entries)
@@ -273,9 +287,9 @@ def train(
         knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, config, progress)
         held = held_out_images(len(targets), config)
         fusion, fusion_choice = IDENTITY_FUSION, None
-        # a base is never fused with its own network: that is only a recalibration, which shifts the dataset-level
-        # thresholds of every map and adds no knowledge
-        if config.join == "fused" and knowledge != adapter.name:
+        # a base is never fused with its own network's plain map: that is only a recalibration, which shifts the
+        # dataset-level thresholds of every map and adds no knowledge (its map over views is new evidence)
+        if config.join == "fused" and (knowledge != adapter.name or config.knowledge_views):
             samples = [(maps[e.hash], knowledge_maps.get(e.hash), gt) for e, gt in targets]
             fusion, fusion_choice = choose_fusion(
                 fit_fusion([sample for sample, out in zip(samples, held) if not out]),

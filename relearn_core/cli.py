@@ -713,17 +713,19 @@ def _echo_held_out(relearner) -> None:
         return
     images = relearner.summary.get("validation_images", 0)
     a, b, c = relearner.fusion
+    views = relearner.config.knowledge_views
+    knowledge = f"{relearner.knowledge}'s maps" + (f" over views {', '.join(views)}" if views else "")
     start = (
         "the base maps"
         if relearner.fusion == (1.0, 0.0, 0.0)
-        else (f"the base fused with {relearner.knowledge}'s maps (logit weights {a:.2f} and {b:.2f}, bias {c:.2f})")
+        else (f"the base fused with {knowledge} (logit weights {a:.2f} and {b:.2f}, bias {c:.2f})")
     )
     before, after = held["before"], held["after"]
     choice = relearner.summary.get("fusion_held_out") or {}
     if choice.get("kept") is False:
         fused, alone = choice["fused"], choice["base"]
         click.echo(
-            f"relearn: on its {images} held-out training images the base fused with {relearner.knowledge}'s maps "
+            f"relearn: on its {images} held-out training images the base fused with {knowledge} "
             f"(max F {fused['max_f']:.4f}, MAE {fused['mae']:.4f}) did not beat the base alone (max F "
             f"{alone['max_f']:.4f}, MAE {alone['mae']:.4f}): it corrects the base's own maps",
             err=True,

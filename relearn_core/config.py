@@ -43,6 +43,9 @@ class RelearnConfig:
     #: base fused with the backbone's own saliency map (when the backbone is a saliency network); "paper": the
     #: paper's join, the base corrected only where the two CRFs leave it unsure
     join: str = "fused"
+    #: join "fused": views of each image whose knowledge maps are averaged with its own, "flip" (mirrored) or
+    #: "scale=F" (the network's input resized by F): test-time augmentation, one more network pass per view
+    knowledge_views: tuple[str, ...] = ()
     min_unsure: float = 0.2  #: with join "paper": a superpixel is re-learned when this share of it is pseudo-GT unsure
     #: how far the correction may go (its logit scaled by s), one chosen with the epoch on held-out training images
     shrinks: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)

@@ -134,11 +134,12 @@ def relearn_extract_features(backbone: str, images: torch.Tensor, device: str) -
 
     :param backbone: the name of the backbone (one this plugin declared in :func:`relearn_backbones`).
     :param images: float32 tensor (N, 3, H, W), RGB in [0, 1], on ``device``; images shrunk to a long side of 320 px,
-        or resized to ``BackboneInfo.input_size`` where the backbone sets it.
+        or resized to ``BackboneInfo.input_size`` where the backbone sets it; for a saliency network, also those
+        images mirrored or rescaled (the configuration's ``knowledge_views``, e.g. "scale=1.4": 448 x 448 for 320).
     :param device: a torch device string ("cpu", "cuda", ...).
     :return: a list of feature maps (N, C_k, H_k, W_k), one per level listed in ``BackboneInfo.channels``, at any
         resolution (relearn pools them over each superpixel).
 
-    Called by the features stage for every image whose superpixel features are not in the cache, from worker
-    threads, processes or Ray workers, with torch on one thread per worker.
+    Called by the features stage for every image whose superpixel features (or knowledge map over views) are not in
+    the cache, from worker threads, processes or Ray workers, with torch on one thread per worker.
     """

@@ -98,7 +98,8 @@ def prepare_image(ws: Workspace, config: RelearnConfig, item: tuple[ImageEntry, 
 
 def knowledge_map(ws: Workspace, config: RelearnConfig, entry: ImageEntry) -> np.ndarray:
     """The backbone's own saliency map of a target (join "fused"), made by the features pass over its superpixels."""
-    return knowledge_map_for(ws, entry, superpixels_for(ws, entry, config.correspondence.superpixels), config.backbone)
+    superpixels = superpixels_for(ws, entry, config.correspondence.superpixels)
+    return knowledge_map_for(ws, entry, superpixels, config.backbone, config.knowledge_views)
 
 
 def image_evidence(

@@ -549,9 +549,10 @@ def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, loss,
         assert changed_where_trusted > 0  # the paper's join would never change these pixels
 
 
-def test_a_base_is_never_fused_with_its_own_network(tiny, config, cache_dir):
+def test_a_base_is_never_fused_with_its_own_networks_plain_map(tiny, config, cache_dir):
     """U2-Net-p re-learned with the u2netp backbone: its knowledge map is its own map, so the re-learner corrects the
-    base itself (the identity fusion) and no fusion is fitted, whatever the held-out images would say."""
+    base itself (the identity fusion) and no fusion is fitted, whatever the held-out images would say; its map over
+    knowledge views (test-time augmentation) is new evidence, fused like another network's."""
     from relearn_core.training import IDENTITY_FUSION
 
     fused = config.with_overrides({"join": "fused", "backbone": "u2netp"})
@@ -562,6 +563,10 @@ def test_a_base_is_never_fused_with_its_own_network(tiny, config, cache_dir):
     # another base with the same backbone is fused with it (its weights learned, kept or not by the held-out image)
     other = run_train(tiny, fused, cache_dir).relearner
     assert other.summary["fusion_held_out"]["weights"] != list(IDENTITY_FUSION)
+    viewed = fused.with_overrides({"knowledge_views": ["flip"]})
+    itself = train(images, masks, "u2netp", config=viewed, workspace=Workspace(Cache(cache_dir))).relearner
+    assert itself.config.knowledge_views == ("flip",)
+    assert itself.summary["fusion_held_out"]["weights"] != list(IDENTITY_FUSION)
 
 
 def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_base(tiny, config):

@@ -113,6 +113,7 @@ def test_the_u2netp_backbone_carries_u2netps_own_saliency_and_joins_other_backbo
 def test_the_knowledge_map_from_the_features_pass_is_the_adapters_map(sod_dir, tmp_path):
     """Join "fused" takes U2-Net-p's map from the u2netp backbone's features pass (one network run per image): it is
     the map the u2netp adapter predicts with onnxruntime, to the float16 it is stored in."""
+    from relearn_core.api import knowledge_maps
     from relearn_core.cache import Cache
     from relearn_core.config import default_config
     from relearn_core.pipeline import knowledge_map
@@ -121,8 +122,49 @@ def test_the_knowledge_map_from_the_features_pass_is_the_adapters_map(sod_dir, t
 
     path = sorted(list_by_stem(sod_dir / "images").values())[3]
     entry = read_entry(path)
-    found = knowledge_map(Workspace(Cache(tmp_path)), default_config().with_overrides({"backbone": "u2netp"}), entry)
+    ws, config = Workspace(Cache(tmp_path)), default_config().with_overrides({"backbone": "u2netp"})
+    found = knowledge_map(ws, config, entry)
     (expected,) = u2netp.predict([entry.image])
     assert found.shape == expected.shape == entry.image.shape[:2]
     assert np.abs(found - expected).max() < 2e-3
     assert found.std() > 0.1  # a real map, not a constant one
+    # the API gives the same map by path; no map from a backbone that is no saliency network
+    np.testing.assert_array_equal(knowledge_maps([path], config, workspace=ws)[path], found)
+    assert knowledge_maps([path], config.with_overrides({"backbone": "handcrafted"}), workspace=ws) == {}
+
+
+def test_knowledge_views_average_the_network_over_mirrored_and_resized_inputs(sod_dir, tmp_path):
+    """The knowledge map over views is test-time augmentation: with the "flip" view it is mirror-symmetric (the map of
+    the mirrored image is the mirrored map, which it is not without views), and a resized input gives another map of
+    the same image."""
+    from PIL import Image
+
+    from relearn_core.cache import Cache
+    from relearn_core.correspondence.regions import superpixels
+    from relearn_core.records import ImageEntry, read_entry
+    from relearn_core.relearning.features import knowledge_map_for
+    from relearn_core.workspace import Workspace
+
+    entry = read_entry(sorted(list_by_stem(sod_dir / "images").values())[5])
+    Image.fromarray(np.ascontiguousarray(entry.image[:, ::-1])).save(tmp_path / "mirrored.png")
+    mirrored = read_entry(tmp_path / "mirrored.png")
+    ws = Workspace(Cache(tmp_path / "cache"))
+
+    def knowledge(of: ImageEntry, views: tuple[str, ...]) -> np.ndarray:
+        return knowledge_map_for(ws, of, superpixels(of.image, 100), "u2netp", views)
+
+    plain, plain_mirrored = knowledge(entry, ()), knowledge(mirrored, ())
+    flipped, flipped_mirrored = knowledge(entry, ("flip",)), knowledge(mirrored, ("flip",))
+    assert flipped.shape == entry.image.shape[:2] and 0 <= flipped.min() and flipped.max() <= 1
+    assert np.abs(flipped_mirrored[:, ::-1] - flipped).max() < 5e-3
+    assert np.abs(plain_mirrored[:, ::-1] - plain).max() > 20 * np.abs(flipped_mirrored[:, ::-1] - flipped).max()
+    scaled = knowledge(entry, ("scale=1.4",))
+    assert np.abs(scaled - plain).mean() > 1e-3 and np.corrcoef(scaled.ravel(), plain.ravel())[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("view", ["mirror", "scale=0", "scale=big", "scale"])
+def test_an_unknown_knowledge_view_is_named(view):
+    from relearn_core.relearning.features import parse_view
+
+    with pytest.raises(RelearnError, match=f"unknown knowledge view '{view}'"):
+        parse_view(view)

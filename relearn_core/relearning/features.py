@@ -27,6 +27,7 @@ from ..correspondence.align import superpixel_matches
 from ..errors import RelearnError
 from ..imageio import network_map, resize_image
 from ..records import (
+    BaseMap,
     ImageEntry,
     ImageEvidence,
     PairCorrespondence,
@@ -41,6 +42,7 @@ SURROUND_SCALE = 2.0
 BACKBONE_LONG_SIDE = 320  #: the image is shrunk to this long side before the backbone (speed on CPU)
 DENSE_COUNTS_LIMIT = 1 << 22  #: largest (superpixels x cells) count matrix pooled by one matrix product
 FEATURE_STAGE = Stage("features", 3, keep_in_memory=True)
+KNOWLEDGE_STAGE = Stage("knowledge", 1)  #: the knowledge map averaged over views of the image
 CUES = 5  #: saliency cues appended to each superpixel's backbone feature (see ``saliency_cues``)
 
 
@@ -226,12 +228,63 @@ def knowledge_backbone(backbone: str) -> str:
     return ""
 
 
-def knowledge_map_for(ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str) -> np.ndarray:
-    """The saliency map of the image by the backbone's saliency network (float32 (H, W)), from the features pass."""
-    found = features_for(ws, entry, superpixels, knowledge_backbone(backbone)).saliency
+def parse_view(view: str) -> tuple[bool, float]:
+    """(mirrored, scale) of a knowledge view: "flip" (the input mirrored left-right) or "scale=F" (the backbone's
+    input resized by F, e.g. "scale=1.4")."""
+    if view == "flip":
+        return True, 1.0
+    name, _, value = view.partition("=")
+    try:
+        scale = float(value) if name == "scale" else 0.0
+    except ValueError:
+        scale = 0.0
+    if scale <= 0:
+        raise RelearnError(f"unknown knowledge view {view!r}: use 'flip' or 'scale=F' with F > 0, e.g. 'scale=1.4'")
+    return False, scale
+
+
+@torch.no_grad()
+def view_saliency(image: np.ndarray, backbone: str, view: str, device: str = "cpu") -> np.ndarray:
+    """The saliency network's own map (float16 (H, W) in [0, 1]) of one view of the image (RGB uint8), mapped back
+    onto the image."""
+    mirrored, scale = parse_view(view)
+    info = plugins.get_backbone(backbone).info
+    if info.saliency_logit is None:
+        raise RelearnError(f"backbone {backbone!r} gives no saliency map")
+    small = _backbone_input(image, BACKBONE_LONG_SIDE, info.input_size)
+    batch = torch.as_tensor(small, device=device).permute(2, 0, 1)[None] / 255.0
+    if scale != 1.0:
+        size = (max(32, round(batch.shape[2] * scale)), max(32, round(batch.shape[3] * scale)))
+        batch = torch.nn.functional.interpolate(batch, size=size, mode="bilinear", align_corners=False)
+    if mirrored:
+        batch = batch.flip(-1)
+    level, channel = info.saliency_logit
+    found = plugins.extract_features(backbone, batch, device)[level][0, channel]
+    return backbone_saliency(found.flip(-1) if mirrored else found, image.shape[:2])
+
+
+def knowledge_map_for(
+    ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str, views: Sequence[str] = ()
+) -> np.ndarray:
+    """The saliency map of the image by the backbone's saliency network (float32 (H, W)), from the features pass;
+    with ``views``, the mean of its maps of the image and of each view (test-time augmentation: the network's errors
+    that depend on the framing average out), min-max normalised."""
+    part = knowledge_backbone(backbone)
+    found = features_for(ws, entry, superpixels, part).saliency
     if found is None:
         raise RelearnError(f"backbone {backbone!r} gives no saliency map")
-    return found.astype(np.float32)
+    if not views:
+        return found.astype(np.float32)
+    for view in views:
+        parse_view(view)  # a bad name fails before any work
+
+    def averaged() -> BaseMap:
+        total = found.astype(np.float32) + sum(
+            view_saliency(entry.image, part, view, ws.device).astype(np.float32) for view in views
+        )
+        return BaseMap(network_map(total, total.shape))
+
+    return ws.run(KNOWLEDGE_STAGE, [entry.hash], {"backbone": part, "views": list(views)}, averaged, BaseMap).map
 
 
 def features_for(
