@@ -269,14 +269,14 @@ def knowledge_map_for(
     """The saliency map of the image by the backbone's saliency network (float32 (H, W)), from the features pass;
     with ``views``, the mean of its maps of the image and of each view (test-time augmentation: the network's errors
     that depend on the framing average out), min-max normalised."""
+    for view in views:
+        parse_view(view)  # a bad name fails before any work
     part = knowledge_backbone(backbone)
     found = features_for(ws, entry, superpixels, part).saliency
     if found is None:
         raise RelearnError(f"backbone {backbone!r} gives no saliency map")
     if not views:
         return found.astype(np.float32)
-    for view in views:
-        parse_view(view)  # a bad name fails before any work
 
     def averaged() -> BaseMap:
         total = found.astype(np.float32) + sum(
