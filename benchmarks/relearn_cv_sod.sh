@@ -2,7 +2,7 @@
 # relearn_cv.py with the default configuration (registry.yaml's relearn: section) for every base on SOD and for MB+
 # and U2-Net-p on WeizmannHorse-dev (the other horses are the pool), with the ablation variants of each, the levers
 # tried beside the default (benchmarks/configs/*.yaml: the re-learner's objective, the pair filter, the selection, the
-# bootstrap guard, the knowledge views; GrabCut as extra training data), then one table: benchmarks/results/relearn_ablation.md.
+# bootstrap guard, no knowledge views, no sharpening; GrabCut as extra training data), then one table: benchmarks/results/relearn_ablation.md.
 #   bash benchmarks/relearn_cv_sod.sh [JOBS]     (JOBS parallel runs, default 1; each uses one torch thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,14 +32,18 @@ printf '%s\n' \
   "$DSS --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_dss_u2netp_loss_f_mae.json" \
   "$DSS --config $LEVER/select_max_f.yaml --out $OUT/relearn_cv_dss_u2netp_select_max_f.json" \
   "$DSS --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_dss_u2netp_no_filter.json" \
-  "$DSS --config $LEVER/knowledge_flip.yaml --out $OUT/relearn_cv_dss_u2netp_knowledge_flip.json" \
-  "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/knowledge_flip.yaml --out $OUT/relearn_cv_amulet_u2netp_knowledge_flip.json" \
+  "$DSS --config $LEVER/no_views.yaml --out $OUT/relearn_cv_dss_u2netp_no_views.json" \
+  "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/no_views.yaml --out $OUT/relearn_cv_amulet_u2netp_no_views.json" \
+  "$SOD --base mbplus --config $LEVER/no_views.yaml --out $OUT/relearn_cv_mbplus_u2netp_no_views.json" \
   "$SOD --base u2netp --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_u2netp_u2netp_loss_f_mae.json" \
   "$SOD --base u2netp --config $LEVER/confidence_95.yaml --out $OUT/relearn_cv_u2netp_u2netp_confidence.json" \
   "$SOD --base u2netp --extra-train $DATA/GrabCut --out $OUT/relearn_cv_u2netp_u2netp_grabcut.json" \
   "$SOD --base u2netp --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_filter.json" \
-  "$SOD --base u2netp --config $LEVER/knowledge_flip.yaml --out $OUT/relearn_cv_u2netp_u2netp_knowledge_flip.json" \
+  "$SOD --base u2netp --config $LEVER/no_views.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_views.json" \
+  "$DSS --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_dss_u2netp_sharpness_1.json" \
+  "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_amulet_u2netp_sharpness_1.json" \
+  "$SOD --base u2netp --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_u2netp_u2netp_sharpness_1.json" \
   | run
 $PY benchmarks/relearn_cv_summary.py $OUT/relearn_cv_{dss,amulet,u2netp,mbplus}_u2netp.json \
   $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_dss_u2netp_*.json $OUT/relearn_cv_amulet_u2netp_*.json \
-  $OUT/relearn_cv_u2netp_u2netp_*.json --out $OUT/relearn_ablation.json
+  $OUT/relearn_cv_u2netp_u2netp_*.json $OUT/relearn_cv_mbplus_u2netp_*.json --out $OUT/relearn_ablation.json

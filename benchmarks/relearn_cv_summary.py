@@ -23,6 +23,8 @@ from relearn_core.imageio import atomic_write_bytes
 
 GAIN = 0.02  #: over X, for a base the backbone's knowledge is new to
 OWN_GAIN = 0.005  #: over X, for a base re-learned with its own network's features
+#: configuration fields added since some results were made, with the value those runs had in effect
+EARLIER = {"sharpness": (1.0,), "knowledge_views": ()}
 
 
 def _score(block: dict | None) -> dict | None:
@@ -51,9 +53,10 @@ def _flat(values: dict, where: str = "") -> dict:
 
 
 def changed_settings(config: dict) -> str:
-    """The configuration fields a run set away from the default (backbone and join have their own columns)."""
-    default = _flat(default_config().to_dict())
-    changed = {key: value for key, value in _flat(config).items() if default.get(key) != value}
+    """The configuration fields a run set away from the default (backbone and join have their own columns); a field
+    added after the run was made counts with the value that was in effect then (``EARLIER``)."""
+    default, used = _flat(default_config().to_dict()), EARLIER | _flat(config)
+    changed = {key: value for key, value in used.items() if default.get(key) != value}
     return ", ".join(f"{key}={value}" for key, value in sorted(changed.items()) if key not in ("backbone", "join"))
 
 

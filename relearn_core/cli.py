@@ -715,13 +715,17 @@ def _echo_held_out(relearner) -> None:
     a, b, c = relearner.fusion
     views = relearner.config.knowledge_views
     knowledge = f"{relearner.knowledge}'s maps" + (f" over views {', '.join(views)}" if views else "")
+    choice = relearner.summary.get("fusion_held_out") or {}
+    sharpness = choice.get("sharpness", 1.0)
     start = (
         "the base maps"
         if relearner.fusion == (1.0, 0.0, 0.0)
-        else (f"the base fused with {knowledge} (logit weights {a:.2f} and {b:.2f}, bias {c:.2f})")
+        else (
+            f"the base fused with {knowledge} (logit weights {a:.2f} and {b:.2f}, bias {c:.2f}"
+            + (f": the learned fusion sharpened {sharpness:g}x)" if sharpness != 1.0 else ")")
+        )
     )
     before, after = held["before"], held["after"]
-    choice = relearner.summary.get("fusion_held_out") or {}
     if choice.get("kept") is False:
         fused, alone = choice["fused"], choice["base"]
         click.echo(

@@ -238,21 +238,40 @@ def choose_fusion(
     held: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
     config: RelearnConfig,
 ) -> tuple[tuple[float, float, float], dict]:
-    """The learned ``fusion``, or the base alone (the identity) when that scores better on the ``held`` training
-    images [(base map, knowledge map or None, mask), ...] by ``config.select``: logistic regression fits the pixels'
-    cross-entropy, not max F or MAE, and a base re-learned with its own network gains nothing from fusing with itself.
-    Returns the chosen weights and both candidates' held-out scores (with no held image: the learned fusion)."""
+    """The learned ``fusion`` at the sharpness (``config.sharpness``: factors of its logit) that scores best on the
+    ``held`` training images [(base map, knowledge map or None, mask), ...] by ``config.select``, or the base alone
+    (the identity) when that scores better: logistic regression fits the pixels' cross-entropy, not max F or MAE, and a
+    base re-learned with its own network gains nothing from fusing with itself. Returns the chosen weights and the
+    candidates' held-out scores (with no held image: the learned fusion as it is)."""
     if not held:
-        return fusion, {"weights": list(fusion), "kept": True}
-    scores = {}
-    for name, weights in (("base", IDENTITY_FUSION), ("fused", fusion)):
+        return fusion, {"weights": list(fusion), "learned": list(fusion), "sharpness": 1.0, "kept": True}
+
+    def scores(weights: tuple[float, float, float]) -> dict:
         max_f, mae = written_scores(
             (base_map if weights == IDENTITY_FUSION else fuse(base_map, knowledge_map, weights), gt)
             for base_map, knowledge_map, gt in held
         )
-        scores[name] = {"max_f": max_f, "mae": mae}
-    better = objective(config, **scores["fused"]) > objective(config, **scores["base"])
-    return (fusion if better else IDENTITY_FUSION), {"weights": list(fusion), **scores, "kept": better}
+        return {"max_f": max_f, "mae": mae}
+
+    base = scores(IDENTITY_FUSION)
+    sharpened = {factor: scores(sharper(fusion, factor)) for factor in config.sharpness}
+    factor = max(config.sharpness, key=lambda f: objective(config, **sharpened[f]))
+    better = objective(config, **sharpened[factor]) > objective(config, **base)
+    chosen = sharper(fusion, factor)
+    return (chosen if better else IDENTITY_FUSION), {
+        "weights": list(chosen),
+        "learned": list(fusion),
+        "sharpness": factor,
+        "base": base,
+        "fused": sharpened[factor],
+        "by_sharpness": {str(f): score for f, score in sharpened.items()},
+        "kept": better,
+    }
+
+
+def sharper(fusion: tuple[float, float, float], factor: float) -> tuple[float, float, float]:
+    """The fusion with its logit scaled by ``factor``: the same ranking of pixels, a crisper map above 1."""
+    return tuple(factor * weight for weight in fusion)  # type: ignore[return-value]
 
 
 def held_out_maps(

@@ -521,7 +521,8 @@ def test_the_fused_join_learns_a_fusion_and_may_correct_anywhere(backbone, loss,
     and wrap writes the fused map corrected wherever the re-learner acts, trusted pixels included."""
     from relearn_core.relearning.saliency import fuse
 
-    fused = config.with_overrides({"join": "fused", "backbone": backbone, "joint": {"loss": loss}})
+    # the fusion as learned (no sharpening): a crisp start map moves less than 1/255 where the pseudo-GT trusts it
+    fused = config.with_overrides({"join": "fused", "backbone": backbone, "joint": {"loss": loss}, "sharpness": [1.0]})
     relearner = run_train(tiny, fused, cache_dir).relearner
     choice = relearner.summary["fusion_held_out"]
     a, b, _ = choice["weights"]  # learned on the training images, kept when the held-out one says it helps
@@ -570,7 +571,7 @@ def test_a_base_is_never_fused_with_its_own_networks_plain_map(tiny, config, cac
 
 
 def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_base(tiny, config):
-    from relearn_core.training import IDENTITY_FUSION, choose_fusion
+    from relearn_core.training import IDENTITY_FUSION, choose_fusion, sharper
 
     held = []
     for stem in STEMS:
@@ -578,12 +579,37 @@ def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_bas
         gt = read_mask(tiny / "gt" / f"{stem}.png")
         held.append((base, np.clip(np.where(gt, 0.9, 0.1), 0, 1).astype(np.float32), gt))
     trusting = (0.5, 2.0, 0.0)  # leans on a knowledge map that is close to the truth: better than the base
-    assert choose_fusion(trusting, held, config)[0] == trusting
+    weights, scores = choose_fusion(trusting, held, config)
+    assert scores["kept"] and weights == sharper(trusting, scores["sharpness"])
     softened = (0.2, 0.0, 0.0)  # the base alone, squashed: max F as the base's, MAE worse
     weights, scores = choose_fusion(softened, [(b, None, gt) for b, _, gt in held], config)
     assert weights == IDENTITY_FUSION and not scores["kept"]
     assert scores["fused"]["mae"] > scores["base"]["mae"]
     assert choose_fusion(softened, [], config)[0] == softened  # nothing held out: nothing to judge by
+
+
+def test_the_fusion_is_sharpened_as_far_as_the_held_out_images_score_it_better(tiny, config):
+    """A soft fusion (logistic regression's calibrated map) ranks pixels as its sharper versions do: the held-out
+    images choose the sharpness, which keeps max F and lowers the MAE."""
+    from relearn_core.errors import RelearnError
+    from relearn_core.training import choose_fusion, sharper
+
+    held = []
+    for stem in STEMS:
+        base = read_map(tiny / "maps" / f"{stem}.png").astype(np.float32)
+        gt = read_mask(tiny / "gt" / f"{stem}.png")
+        held.append((base, np.where(gt, 0.9, 0.1).astype(np.float32), gt))
+    soft = (0.1, 0.4, 0.0)
+    weights, scores = choose_fusion(soft, held, config.with_overrides({"sharpness": [1.0, 2.0, 4.0]}))
+    assert scores["sharpness"] == 4.0 and weights == sharper(soft, 4.0) == (0.4, 1.6, 0.0)
+    by_sharpness = scores["by_sharpness"]
+    assert by_sharpness["4.0"]["mae"] < by_sharpness["2.0"]["mae"] < by_sharpness["1.0"]["mae"]
+    assert abs(by_sharpness["4.0"]["max_f"] - by_sharpness["1.0"]["max_f"]) < 0.01
+    assert scores["learned"] == list(soft) and scores["kept"]
+    # one factor: the fusion as learned
+    assert choose_fusion(soft, held, config.with_overrides({"sharpness": [1.0]}))[0] == soft
+    with pytest.raises(RelearnError, match="sharpness: expected one or more factors above 0"):
+        config.with_overrides({"sharpness": [0.0, 2.0]})
 
 
 def test_an_image_below_the_minimum_side_is_skipped_by_wrap_with_the_minimum_named(

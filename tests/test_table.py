@@ -17,7 +17,7 @@ PER_DATASET = 5
 
 
 @pytest.fixture(scope="module")
-def benchmark(sod_dir, tmp_path_factory):
+def table_config(sod_dir, tmp_path_factory):
     """Two datasets cut from SOD (disjoint images) and three methods; the YAML config uses relative paths."""
     tmp_path = tmp_path_factory.mktemp("benchmark")
     stems = sorted(path.stem for path in (sod_dir / "gt").glob("*.png"))
@@ -54,19 +54,19 @@ def _eval_json(tmp_path, pred, gt, name):
 
 
 @pytest.fixture(scope="module")
-def table_run(benchmark):
+def table_run(table_config):
     """`relearn table` run once on the benchmark: (CLI result, output folder)."""
-    out = benchmark.parent / "out"
+    out = table_config.parent / "out"
     result = CliRunner().invoke(
-        main, ["table", str(benchmark), "--out", str(out), "--metrics", "max_f,mae,auc,s_measure", "--quiet"]
+        main, ["table", str(table_config), "--out", str(out), "--metrics", "max_f,mae,auc,s_measure", "--quiet"]
     )
     assert result.exit_code == 0, result.output
     return result, out
 
 
-def test_table_cells_equal_relearn_eval(benchmark, table_run, tmp_path):
+def test_table_cells_equal_relearn_eval(table_config, table_run, tmp_path):
     result, out = table_run
-    root = benchmark.parent
+    root = table_config.parent
     # the missing folder is named in one warning, and the run went on
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and str(root / "SODb" / "our_dss") in warnings[0]
@@ -145,9 +145,9 @@ def test_malformed_configs_name_the_file_and_the_entry(tmp_path, config, problem
     assert str(path) in str(caught.value)
 
 
-def test_relative_paths_are_read_from_the_config_folder(benchmark):
-    tmp_path = benchmark.parent
-    config = load_config(benchmark)
+def test_relative_paths_are_read_from_the_config_folder(table_config):
+    tmp_path = table_config.parent
+    config = load_config(table_config)
     assert [d.gt for d in config.datasets] == [tmp_path / "SODa" / "gt", tmp_path / "SODb" / "gt"]
     assert config.methods[0].maps == {"SODa": tmp_path / "SODa" / "DSS", "SODb": tmp_path / "SODb" / "DSS"}
     assert config.methods[2].base_name == "DSS" and config.metrics == ("max_f", "mae", "auc")
