@@ -40,10 +40,12 @@ printf '%s\n' \
   "$SOD --base u2netp --extra-train $DATA/GrabCut --out $OUT/relearn_cv_u2netp_u2netp_grabcut.json" \
   "$SOD --base u2netp --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_filter.json" \
   "$SOD --base u2netp --config $LEVER/no_views.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_views.json" \
+  "$HORSES --base mbplus --config $LEVER/no_views.yaml --components 'no correspondence' --components 'label transfer' --out $OUT/relearn_cv_horses_mbplus_u2netp_no_views.json" \
+  "$HORSES --base u2netp --config $LEVER/no_views.yaml --components 'no correspondence' --components 'fusion only' --out $OUT/relearn_cv_horses_u2netp_u2netp_no_views.json" \
   "$DSS --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_dss_u2netp_sharpness_1.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_amulet_u2netp_sharpness_1.json" \
   "$SOD --base u2netp --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_u2netp_u2netp_sharpness_1.json" \
   | run
 $PY benchmarks/relearn_cv_summary.py $OUT/relearn_cv_{dss,amulet,u2netp,mbplus}_u2netp.json \
-  $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_dss_u2netp_*.json $OUT/relearn_cv_amulet_u2netp_*.json \
+  $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_horses_*_no_views.json $OUT/relearn_cv_dss_u2netp_*.json $OUT/relearn_cv_amulet_u2netp_*.json \
   $OUT/relearn_cv_u2netp_u2netp_*.json $OUT/relearn_cv_mbplus_u2netp_*.json --out $OUT/relearn_ablation.json

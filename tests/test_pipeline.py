@@ -681,3 +681,19 @@ def test_a_correction_the_bootstrap_did_not_confirm_is_reported_with_its_confide
     said = capsys.readouterr().err
     assert "(epoch 3, shrink" in said and "only 62% of bootstrap resamples" in said and "needed: 95%" in said
     assert "writes them as they are" in said
+
+
+def test_train_says_how_far_the_held_out_images_sharpened_the_fusion(trained, capsys):
+    from relearn_core.cli import _echo_held_out
+    from relearn_core.training import choose_fusion
+
+    relearner = load_checkpoint(trained[0], "dss")
+    learned = (0.3, 0.5, 0.1)
+    relearner.fusion, choice = choose_fusion(learned, [], relearner.config)
+    relearner.knowledge, relearner.summary["fusion_held_out"] = "u2netp", {**choice, "sharpness": 4.0}
+    _echo_held_out(relearner)
+    assert "(logit weights 0.30 and 0.50, bias 0.10: the learned fusion sharpened 4x)" in capsys.readouterr().err
+    relearner.summary["fusion_held_out"]["sharpness"] = 1.0
+    _echo_held_out(relearner)
+    said = capsys.readouterr().err
+    assert "(logit weights 0.30 and 0.50, bias 0.10)" in said and "sharpened" not in said
