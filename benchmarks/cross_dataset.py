@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import yaml
-from relearn_cv import Scorer, markdown_rows
+from relearn_cv import Scorer, knowledge_maps_of, markdown_rows
 
 from relearn_core import __version__
-from relearn_core.api import RunReport, copies, knowledge_adapter, predict, read_entries, train, wrap
+from relearn_core.api import RunReport, copies, predict, read_entries, train, wrap
 from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
 from relearn_core.config import default_config
@@ -61,9 +61,8 @@ def run(args) -> dict:
     start = time.perf_counter()
     report = wrap([e.path for e in target_entries], trained.relearner, adapter, workspace=ws)
     wrap_seconds = time.perf_counter() - start
-    knowledge = knowledge_adapter(config.with_overrides({"join": "fused"}))
     base_maps = dict(predict([e.path for e in target_entries], adapter, workspace=ws))
-    knowledge_maps = dict(predict([e.path for e in target_entries], knowledge, workspace=ws)) if knowledge else {}
+    knowledge, knowledge_maps = knowledge_maps_of([e.path for e in target_entries], config, ws)
     scorers = {name: Scorer() for name in ("base", "base_crf", "ensemble", "ours")}
     for outcome in report.outcomes:
         path = outcome.entry.path
@@ -86,6 +85,7 @@ def run(args) -> dict:
         "base_model": adapter.name,
         "backbone": config.backbone,
         "knowledge": knowledge,
+        "knowledge_views": list(config.knowledge_views),
         "config": config.to_dict(),
         "held_out": trained.relearner.summary.get("held_out"),
         "fusion": trained.relearner.fusion,

@@ -70,6 +70,15 @@ FAST = {  # --fast: a quick check on a small machine (coarser flow, Sobel edges)
 }
 
 
+def knowledge_maps_of(paths: list[Path], config, ws: Workspace) -> tuple[str, dict]:
+    """The knowledge adapter's name ("" when the backbone is no saliency network) and its map of each path, over the
+    configuration's knowledge views (a BaseMapFailure where it failed): the ensemble's second map."""
+    knowledge = knowledge_adapter(config.with_overrides({"join": "fused"}))
+    if knowledge and config.knowledge_views:
+        return knowledge, knowledge_maps(paths, config, workspace=ws)
+    return knowledge, (dict(predict(paths, knowledge, workspace=ws)) if knowledge else {})
+
+
 class ChangedPixels:
     """Where Our(X) differs from X as the metrics see them: is Our(X) closer to the ground truth there?"""
 
@@ -167,13 +176,7 @@ def run(args) -> dict:
     extra_entries = read_entries(list(extra_train), RunReport())
     # the backbone's own saliency map (U2-Net-p's for the u2netp backbone; over the knowledge views when there are
     # some): the mean of X and it is what a re-learner with that knowledge must beat beyond averaging
-    knowledge = knowledge_adapter(config.with_overrides({"join": "fused"}))
-    knowledge_of = {}
-    if knowledge and config.knowledge_views:
-        knowledge_of = knowledge_maps([images[i] for i in ids], config, workspace=ws)
-    elif knowledge:
-        for path, outcome in predict([images[i] for i in ids], knowledge, workspace=ws):
-            knowledge_of[path] = outcome
+    knowledge, knowledge_of = knowledge_maps_of([images[i] for i in ids], config, ws)
     # the full method first in each fold, so that its held images are new to the cache's memory
     wanted = set(args.components) | ({c.name for c in COMPONENTS} if args.ablation else set())
     variants = [component(FULL)] + [c for c in (*COMPONENTS[:-1], *BEYOND) if c.name in wanted]
