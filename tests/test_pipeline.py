@@ -570,14 +570,20 @@ def test_a_base_is_never_fused_with_its_own_networks_plain_map(tiny, config, cac
     assert itself.summary["fusion_held_out"]["weights"] != list(IDENTITY_FUSION)
 
 
-def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_base(tiny, config):
-    from relearn_core.training import IDENTITY_FUSION, choose_fusion, sharper
-
+def held_out_with_near_truth(tiny: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(base map, a knowledge map close to the truth, mask) of each tiny image, as choose_fusion takes them."""
     held = []
     for stem in STEMS:
         base = read_map(tiny / "maps" / f"{stem}.png").astype(np.float32)
         gt = read_mask(tiny / "gt" / f"{stem}.png")
-        held.append((base, np.clip(np.where(gt, 0.9, 0.1), 0, 1).astype(np.float32), gt))
+        held.append((base, np.where(gt, 0.9, 0.1).astype(np.float32), gt))
+    return held
+
+
+def test_the_fusion_is_kept_only_when_the_held_out_images_score_it_above_the_base(tiny, config):
+    from relearn_core.training import IDENTITY_FUSION, choose_fusion, sharper
+
+    held = held_out_with_near_truth(tiny)
     trusting = (0.5, 2.0, 0.0)  # leans on a knowledge map that is close to the truth: better than the base
     weights, scores = choose_fusion(trusting, held, config)
     assert scores["kept"] and weights == sharper(trusting, scores["sharpness"])
@@ -594,11 +600,7 @@ def test_the_fusion_is_sharpened_as_far_as_the_held_out_images_score_it_better(t
     from relearn_core.errors import RelearnError
     from relearn_core.training import choose_fusion, sharper
 
-    held = []
-    for stem in STEMS:
-        base = read_map(tiny / "maps" / f"{stem}.png").astype(np.float32)
-        gt = read_mask(tiny / "gt" / f"{stem}.png")
-        held.append((base, np.where(gt, 0.9, 0.1).astype(np.float32), gt))
+    held = held_out_with_near_truth(tiny)
     soft = (0.1, 0.4, 0.0)
     weights, scores = choose_fusion(soft, held, config.with_overrides({"sharpness": [1.0, 2.0, 4.0]}))
     assert scores["sharpness"] == 4.0 and weights == sharper(soft, 4.0) == (0.4, 1.6, 0.0)
