@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from relearn_core import __version__
 from relearn_core.api import predict, train, wrap
 from relearn_core.cache import Cache
@@ -95,7 +97,10 @@ def run(args) -> dict:
             masks = {path: gt[stem] for stem, path in train_images.items() if stem in gt}
             train_images = list(train_images.values())
             ws = Workspace(Cache(work / "train-cache"), args.device, make_executor("threads", args.workers))
-            config = default_config().with_overrides(PROFILE_TRAINING)
+            config = default_config()
+            for path in args.config:
+                config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
+            config = config.with_overrides(PROFILE_TRAINING)
             relearner = train(train_images, masks, args.base, config=config, workspace=ws).relearner
             ws.executor.close()
             if args.keep_relearner:
@@ -122,6 +127,7 @@ def run(args) -> dict:
         "workers": args.workers,
         "device": args.device,
         "backbone": relearner.config.backbone,
+        "configuration": [str(path) for path in args.config],
         "predict_wall_seconds": round(predict_wall, 2),
         "cold": cold,
         "warm": warm,
@@ -135,7 +141,8 @@ def run(args) -> dict:
 def markdown(result: dict) -> str:
     load = [round(x, 2) for x in result["load_average"]]
     lines = [
-        f"# wrap profile: base {result['base']}, {result['images']} images, backbone {result['backbone']}",
+        f"# wrap profile: base {result['base']}, {result['images']} images, backbone {result['backbone']}"
+        + (f", configuration {' + '.join(result['configuration'])}" if result.get("configuration") else ""),
         "",
         f"Machine: {result['machine']} ({result['cpus']} CPUs), {result['workers']} workers, device "
         f"{result['device']}; {result['date']}; load average at the end {load}. "
@@ -167,6 +174,13 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--train", type=Path, help="a labelled dataset (images/, gt/) to train the re-learner on")
     parser.add_argument("--relearner", type=Path, help="a trained re-learner instead of --train")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML overrides of the re-learner's configuration for --train (repeatable, applied in order)",
+    )
     parser.add_argument("--keep-relearner", type=Path, help="where to save the re-learner trained on --train")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
