@@ -174,9 +174,6 @@ def run(args) -> dict:
         found, extra_masks = images_in(folder / "images"), list_by_stem(folder / "gt")
         extra_train.update({path: read_mask(extra_masks[stem]) for stem, path in found.items() if stem in extra_masks})
     extra_entries = read_entries(list(extra_train), RunReport())
-    # the backbone's own saliency map (U2-Net-p's for the u2netp backbone; over the knowledge views when there are
-    # some): the mean of X and it is what a re-learner with that knowledge must beat beyond averaging
-    knowledge, knowledge_of = knowledge_maps_of([images[i] for i in ids], config, ws)
     # the full method first in each fold, so that its held images are new to the cache's memory
     wanted = set(args.components) | ({c.name for c in COMPONENTS} if args.ablation else set())
     variants = [component(FULL)] + [c for c in (*COMPONENTS[:-1], *BEYOND) if c.name in wanted]
@@ -257,9 +254,14 @@ def run(args) -> dict:
                 refined = crf_refine(read_image(path), base_map)
                 stage_seconds["base_crf (the anchor, not part of wrap)"] += time.perf_counter() - start
                 scorers["base_crf"].step(k, refined, gt)
-                if knowledge:
-                    scorers["knowledge_map"].step(k, knowledge_of[path], gt)
-                    scorers["ensemble"].step(k, (base_map + knowledge_of[path]) / 2, gt)
+    # the backbone's own saliency map (U2-Net-p's for the u2netp backbone; over the knowledge views when there are
+    # some): the mean of X and it is what a re-learner with that knowledge must beat beyond averaging. Made after
+    # the folds (read from the cache that wrap filled), so the first fold's wrap computes its features cold
+    knowledge, knowledge_of = knowledge_maps_of([images[i] for i in ids], config, ws)
+    for i in ids:
+        path = images[i]
+        scorers["knowledge_map"].step(fold[i], knowledge_of[path], gts[path])
+        scorers["ensemble"].step(fold[i], (base_maps[path] + knowledge_of[path]) / 2, gts[path])
     per_image = {stage: total / max(wrapped, 1) for stage, total in stage_seconds.items()}
     wrap_total = sum(v for stage, v in per_image.items() if not stage.startswith("base"))
 
