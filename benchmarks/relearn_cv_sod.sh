@@ -33,6 +33,7 @@ printf '%s\n' \
   "$DSS --config $LEVER/select_max_f.yaml --out $OUT/relearn_cv_dss_u2netp_select_max_f.json" \
   "$DSS --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_dss_u2netp_no_filter.json" \
   "$DSS --config $LEVER/no_views.yaml --out $OUT/relearn_cv_dss_u2netp_no_views.json" \
+  "$DSS --config $LEVER/confidence_95.yaml --out $OUT/relearn_cv_dss_u2netp_confidence.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/no_views.yaml --out $OUT/relearn_cv_amulet_u2netp_no_views.json" \
   "$SOD --base mbplus --config $LEVER/no_views.yaml --out $OUT/relearn_cv_mbplus_u2netp_no_views.json" \
   "$SOD --base u2netp --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_u2netp_u2netp_loss_f_mae.json" \
