@@ -6,6 +6,9 @@ saliency map) and Our(X) on it.
         --data ../shared/data/WeizmannHorse-dev --base mbplus --backbone u2netp \
         --out benchmarks/results/cross_horses_mbplus.json
 
+The files' variants were made with ``--config benchmarks/configs/confidence_0.yaml`` (``*_confidence_0``) and
+``--config benchmarks/configs/no_views.yaml`` (``*_no_views``).
+
 Copies of a wrapped image (the same content, or re-encoded, resized, rotated) are left out of the training images.
 Everything runs through relearn's Python API, as `relearn train` and `relearn wrap` do.
 """

@@ -22,31 +22,35 @@ HORSES="--data $DATA/WeizmannHorse-dev"
 DSS="$SOD --base dss --maps $DATA/SOD/maps/DSS"
 LEVER=benchmarks/configs
 printf '%s\n' \
-  "$SOD --base dss --maps $DATA/SOD/maps/DSS --components C1 --components C6 --components 'paper join' --components 'fusion only' --out $OUT/relearn_cv_dss_u2netp.json" \
+  "$DSS --out $OUT/relearn_cv_dss_u2netp.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --out $OUT/relearn_cv_amulet_u2netp.json" \
   "$SOD --base u2netp --out $OUT/relearn_cv_u2netp_u2netp.json" \
   "$SOD --base mbplus --out $OUT/relearn_cv_mbplus_u2netp.json" \
-  "$HORSES --base mbplus --components 'no correspondence' --components 'label transfer' --out $OUT/relearn_cv_horses_mbplus_u2netp.json" \
-  "$HORSES --base u2netp --components 'no correspondence' --components 'fusion only' --out $OUT/relearn_cv_horses_u2netp_u2netp.json" \
+  "$HORSES --base mbplus --out $OUT/relearn_cv_horses_mbplus_u2netp.json" \
+  "$HORSES --base u2netp --out $OUT/relearn_cv_horses_u2netp_u2netp.json" \
   "$DSS --config $LEVER/loss_l1.yaml --out $OUT/relearn_cv_dss_u2netp_loss_l1.json" \
   "$DSS --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_dss_u2netp_loss_f_mae.json" \
   "$DSS --config $LEVER/select_max_f.yaml --out $OUT/relearn_cv_dss_u2netp_select_max_f.json" \
   "$DSS --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_dss_u2netp_no_filter.json" \
   "$DSS --config $LEVER/no_views.yaml --out $OUT/relearn_cv_dss_u2netp_no_views.json" \
-  "$DSS --config $LEVER/confidence_95.yaml --out $OUT/relearn_cv_dss_u2netp_confidence.json" \
+  "$DSS --config $LEVER/confidence_0.yaml --out $OUT/relearn_cv_dss_u2netp_confidence_0.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/no_views.yaml --out $OUT/relearn_cv_amulet_u2netp_no_views.json" \
   "$SOD --base mbplus --config $LEVER/no_views.yaml --out $OUT/relearn_cv_mbplus_u2netp_no_views.json" \
+  "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/confidence_0.yaml --out $OUT/relearn_cv_amulet_u2netp_confidence_0.json" \
+  "$SOD --base mbplus --config $LEVER/confidence_0.yaml --out $OUT/relearn_cv_mbplus_u2netp_confidence_0.json" \
   "$SOD --base u2netp --config $LEVER/loss_f_mae.yaml --out $OUT/relearn_cv_u2netp_u2netp_loss_f_mae.json" \
-  "$SOD --base u2netp --config $LEVER/confidence_95.yaml --out $OUT/relearn_cv_u2netp_u2netp_confidence.json" \
+  "$SOD --base u2netp --config $LEVER/confidence_0.yaml --out $OUT/relearn_cv_u2netp_u2netp_confidence_0.json" \
   "$SOD --base u2netp --extra-train $DATA/GrabCut --out $OUT/relearn_cv_u2netp_u2netp_grabcut.json" \
   "$SOD --base u2netp --config $LEVER/no_filter.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_filter.json" \
   "$SOD --base u2netp --config $LEVER/no_views.yaml --out $OUT/relearn_cv_u2netp_u2netp_no_views.json" \
   "$HORSES --base mbplus --config $LEVER/no_views.yaml --components 'no correspondence' --components 'label transfer' --out $OUT/relearn_cv_horses_mbplus_u2netp_no_views.json" \
   "$HORSES --base u2netp --config $LEVER/no_views.yaml --components 'no correspondence' --components 'fusion only' --out $OUT/relearn_cv_horses_u2netp_u2netp_no_views.json" \
+  "$HORSES --base mbplus --config $LEVER/confidence_0.yaml --out $OUT/relearn_cv_horses_mbplus_u2netp_confidence_0.json" \
+  "$HORSES --base u2netp --config $LEVER/confidence_0.yaml --out $OUT/relearn_cv_horses_u2netp_u2netp_confidence_0.json" \
   "$DSS --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_dss_u2netp_sharpness_1.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_amulet_u2netp_sharpness_1.json" \
   "$SOD --base u2netp --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_u2netp_u2netp_sharpness_1.json" \
   | run
 $PY benchmarks/relearn_cv_summary.py $OUT/relearn_cv_{dss,amulet,u2netp,mbplus}_u2netp.json \
-  $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_horses_*_no_views.json $OUT/relearn_cv_dss_u2netp_*.json $OUT/relearn_cv_amulet_u2netp_*.json \
+  $OUT/relearn_cv_horses_{mbplus,u2netp}_u2netp.json $OUT/relearn_cv_horses_*_no_views.json $OUT/relearn_cv_horses_*_confidence_0.json $OUT/relearn_cv_dss_u2netp_*.json $OUT/relearn_cv_amulet_u2netp_*.json \
   $OUT/relearn_cv_u2netp_u2netp_*.json $OUT/relearn_cv_mbplus_u2netp_*.json --out $OUT/relearn_ablation.json

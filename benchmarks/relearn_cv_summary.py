@@ -24,7 +24,7 @@ from relearn_core.imageio import atomic_write_bytes
 GAIN = 0.02  #: over X, for a base the backbone's knowledge is new to
 OWN_GAIN = 0.005  #: over X, for a base re-learned with its own network's features
 #: configuration fields added since some results were made, with the value those runs had in effect
-EARLIER = {"sharpness": (1.0,), "knowledge_views": ()}
+EARLIER = {"sharpness": (1.0,), "knowledge_views": (), "confidence": 0.0}
 
 
 def _score(block: dict | None) -> dict | None:

@@ -58,8 +58,7 @@ class RelearnConfig:
     select: str = "max_f-mae"
     #: a chosen correction is kept only when at least this share of bootstrap resamples of the held-out training
     #: images scores it above no correction by ``select`` (0: whenever it scores better): a few dozen held-out images
-    #: can favour an epoch by luck (0.95 is the value measured on SOD; the default stays 0 until it is measured on
-    #: every benchmark)
+    #: can favour an epoch by luck (the default configuration, registry.yaml, sets 0.95)
     confidence: float = 0.0
     #: neighbours that are labelled training images lend their masks instead of their pseudo-GT (label transfer)
     label_transfer: bool = False

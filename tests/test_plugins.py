@@ -408,8 +408,9 @@ def test_user_registry_adds_named_networks(tmp_path, monkeypatch):
 def test_the_registry_sets_the_re_learners_defaults_and_a_user_registry_lays_its_own_over_them(tmp_path, monkeypatch):
     from relearn_core.config import RelearnConfig, default_config
 
-    assert load_registry().relearn == {"backbone": "u2netp", "knowledge_views": ["flip"]}
-    assert default_config() == RelearnConfig().with_overrides({"backbone": "u2netp", "knowledge_views": ["flip"]})
+    defaults = {"backbone": "u2netp", "knowledge_views": ["flip"], "confidence": 0.95}
+    assert load_registry().relearn == defaults
+    assert default_config() == RelearnConfig().with_overrides(defaults)
     user = tmp_path / "mine.yaml"
     user.write_text("relearn:\n  backbone: handcrafted\n  joint: {loss: l1}\n")
     monkeypatch.setenv("RELEARN_REGISTRY", str(user))
