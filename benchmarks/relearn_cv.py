@@ -258,7 +258,7 @@ def run(args) -> dict:
     # some): the mean of X and it is what a re-learner with that knowledge must beat beyond averaging. Made after
     # the folds (read from the cache that wrap filled), so the first fold's wrap computes its features cold
     knowledge, knowledge_of = knowledge_maps_of([images[i] for i in ids], config, ws)
-    for i in ids:
+    for i in ids if knowledge else []:
         path = images[i]
         scorers["knowledge_map"].step(fold[i], knowledge_of[path], gts[path])
         scorers["ensemble"].step(fold[i], (base_maps[path] + knowledge_of[path]) / 2, gts[path])
