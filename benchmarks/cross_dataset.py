@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from relearn_cv import Scorer, knowledge_maps_of, markdown_rows
 
 from relearn_core import __version__
@@ -48,7 +47,7 @@ def run(args) -> dict:
     adapter = select_base(args.base)
     config = default_config()
     for path in args.config:
-        config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
+        config = config.with_overrides_from(path)
     if args.backbone:
         config = config.with_overrides({"backbone": args.backbone})
     targets = labelled(args.data)

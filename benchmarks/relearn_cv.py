@@ -39,7 +39,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from relearn_core import __version__
 from relearn_core.api import RunReport, copies, knowledge_adapter, knowledge_maps, predict, read_entries, train, wrap
@@ -148,7 +147,7 @@ def run(args) -> dict:
     if args.fast:
         config = config.with_overrides(FAST)
     for path in args.config:
-        config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
+        config = config.with_overrides_from(path)
     if args.backbone:
         config = config.with_overrides({"backbone": args.backbone})
 

@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from relearn_core import __version__
 from relearn_core.api import predict, train, wrap
 from relearn_core.cache import Cache
@@ -99,7 +97,7 @@ def run(args) -> dict:
             ws = Workspace(Cache(work / "train-cache"), args.device, make_executor("threads", args.workers))
             config = default_config()
             for path in args.config:
-                config = config.with_overrides(yaml.safe_load(path.read_text()) or {})
+                config = config.with_overrides_from(path)
             config = config.with_overrides(PROFILE_TRAINING)
             relearner = train(train_images, masks, args.base, config=config, workspace=ws).relearner
             ws.executor.close()

@@ -653,7 +653,6 @@ def train_command(
     """Train a re-learner for a base model on labelled images (one or several datasets: their union, each picture
     once); write one checkpoint file."""
     _quiet(quiet)
-    import yaml
 
     from .api import train
     from .base import resolve_device
@@ -669,11 +668,7 @@ def train_command(
     probe_writable(out_path, folder=False)
     config = default_config()
     if config_path is not None:
-        try:
-            overrides = yaml.safe_load(Path(config_path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InputError(config_path, f"cannot be read as YAML ({type(exc).__name__})") from None
-        config = config.with_overrides(overrides)
+        config = config.with_overrides_from(config_path)
     if backbone:
         config = config.with_overrides({"backbone": backbone})
     device = resolve_device(base.device)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from pathlib import Path
 
 from .correspondence.align import AlignParams
 from .correspondence.flow import FLOW_GRID, SiftFlowParams
 from .correspondence.regions import EDGEBOXES, PROPOSALS, SUPERPIXELS
 from .correspondence.retrieval import NEIGHBOURS
-from .errors import RelearnError
+from .errors import InputError, RelearnError
 from .relearning.features import DEFAULT_BACKBONE
 from .relearning.joint import JointConfig
 from .relearning.pair_filter import FilterConfig
@@ -83,6 +85,17 @@ class RelearnConfig:
             return base
 
         return RelearnConfig.from_dict(merge(self.to_dict(), overrides, ""))
+
+    def with_overrides_from(self, path: str | os.PathLike) -> RelearnConfig:
+        """A copy with the fields a YAML file sets (``--config``); a file that cannot be read as YAML is one
+        InputError naming it."""
+        import yaml
+
+        try:
+            overrides = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot be read as YAML ({type(exc).__name__})") from None
+        return self.with_overrides(overrides)
 
     @classmethod
     def from_dict(cls, values: Mapping) -> RelearnConfig:

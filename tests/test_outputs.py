@@ -145,3 +145,16 @@ def test_claim_map_folder_names_every_setting_that_differs(tmp_path):
         claim_map_folder(tmp_path / "maps", {"base": "dss", "checkpoint": "def"}, overwrite=False)
     assert "checkpoint 'abc' there, 'def' now" in str(caught.value) and "base" not in str(caught.value)
     assert not claim_map_folder(tmp_path / "maps", {"base": "dss", "checkpoint": "def"}, overwrite=True)
+
+
+def test_train_names_a_config_file_that_is_not_yaml_in_one_line_before_any_work(sod_copy):
+    config = sod_copy / "bad.yaml"
+    config.write_text("joint: [unclosed\n")
+    dss = ["--base", "dss", "--maps", sod_copy / "dss"]
+    out = sod_copy / "model.pt"
+    result = relearn(
+        "train", *dss, "--images", sod_copy / "images", "--gt", sod_copy / "gt", "--config", config, "--out", out
+    )
+    assert result.exit_code == 2
+    assert error_line(result).endswith(f"{config}: cannot be read as YAML (ParserError)")
+    assert not out.exists()
