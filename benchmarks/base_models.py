@@ -13,8 +13,6 @@ Writes the JSON and a Markdown summary beside it (same name, .md).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import sys
@@ -22,12 +20,12 @@ import time
 from pathlib import Path
 
 from relearn_adapters.mbplus import centre_prior
+from reporting import load_average, utc_now, write_report
 
 from relearn_core import plugins
 from relearn_core.errors import InputError
 from relearn_core.evaluation.metrics import MAE, DatasetPR
 from relearn_core.imageio import (
-    atomic_write_bytes,
     list_by_stem,
     read_image,
     read_mask,
@@ -133,12 +131,12 @@ def main(argv=None) -> int:
         "dataset": args.data.resolve().name,
         "images": len(stems),
         "device": args.device,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": {
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-            "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+            "load_average_at_start": load_average(),
         },
         "metrics": "relearn_core.evaluation.metrics.DatasetPR (max_f, mean_f, auc) and MAE",
         "models": {},
@@ -148,10 +146,8 @@ def main(argv=None) -> int:
             name, stems, image_paths, mask_paths, args.batch_size, args.device, args.save_maps
         )
         print(name, report["models"][name], flush=True)
-    report["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
-    atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(report).encode())
-    print(markdown(report))
+    report["machine"]["load_average_at_end"] = load_average()
+    write_report(args.out, report, markdown(report))
     return 0
 
 

@@ -8,7 +8,6 @@ them alike).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import statistics
@@ -18,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from reporting import write_report
+
 from relearn_core import __version__
-from relearn_core.imageio import atomic_write_bytes
 
 
 def timed(command: list[str]) -> float:
@@ -75,9 +75,7 @@ def main(argv=None) -> int:
         f"| `{name}` | {result['median_seconds'][name]:.3f} | {result['ratio_to_numpy_pil'][name]:.2f} |"
         for name in commands
     ]
-    atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
+    write_report(args.out, result, "\n".join(lines))
     return 0
 
 

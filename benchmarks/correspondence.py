@@ -17,7 +17,6 @@ so a rerun over a warm --cache reports the original times; without --cache a fre
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -26,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from flow_accuracy import WARPS, warp_epe
+from reporting import write_report
 
 from relearn_core.api import RunReport, read_entries
 from relearn_core.cache import Cache
 from relearn_core.config import CorrespondenceParams
 from relearn_core.correspondence.regions import superpixels_for
 from relearn_core.correspondence.retrieval import RetrievalIndex, descriptors_for
-from relearn_core.imageio import atomic_write_bytes, images_in, list_by_stem, read_mask
+from relearn_core.imageio import images_in, list_by_stem, read_mask
 from relearn_core.pipeline import Pool, correspondences
 from relearn_core.records import Superpixels, read_entry
 from relearn_core.workspace import Workspace
@@ -218,10 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     result = run(args)
-    out = Path(args.out)
-    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
-    atomic_write_bytes(out.with_suffix(".md"), markdown(result).encode())
-    print(markdown(result))
+    write_report(args.out, result, markdown(result))
     return 0
 
 

@@ -16,12 +16,12 @@ Everything runs through relearn's Python API, as `relearn train` and `relearn wr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from relearn_cv import Scorer, knowledge_maps_of, markdown_rows
+from reporting import write_report
 
 from relearn_core import __version__
 from relearn_core.api import RunReport, copies, predict, read_entries, train, wrap
@@ -29,7 +29,7 @@ from relearn_core.base import BaseMapFailure, resolve_device, select_base
 from relearn_core.cache import Cache
 from relearn_core.config import default_config
 from relearn_core.executors import make_executor
-from relearn_core.imageio import atomic_write_bytes, images_in, list_by_stem, read_image, read_mask
+from relearn_core.imageio import images_in, list_by_stem, read_image, read_mask
 from relearn_core.relearning.pseudo_gt import crf_refine
 from relearn_core.workspace import Workspace
 
@@ -132,9 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     result = run(args)
-    atomic_write_bytes(args.out, json.dumps(result, indent=2, default=str).encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())
-    print(markdown(result))
+    write_report(args.out, result, markdown(result))
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import time
@@ -31,10 +30,11 @@ from pathlib import Path
 
 import cv2
 import py_sod_metrics
+from reporting import write_report
 
 from relearn_core.evaluation.evaluate import evaluate_folders
 from relearn_core.evaluation.metrics import SaliencyMetrics
-from relearn_core.imageio import atomic_write_bytes, list_by_stem
+from relearn_core.imageio import list_by_stem
 
 SHARED_KEYS = (
     "max_f_image",
@@ -165,8 +165,6 @@ def main() -> None:
         "max_abs_difference_of_shared_scores": difference,
         "relearn_scores": scores[("end_to_end", "relearn")],
     }
-    atomic_write_bytes(args.out, (json.dumps(document, indent=2) + "\n").encode())
-
     lines = [
         f"# Evaluation speed: relearn vs PySODMetrics 1.6.2 ({len(stems)} maps of {args.method} on SOD)",
         "",
@@ -190,8 +188,7 @@ def main() -> None:
         f"Largest difference of the shared scores: {difference:.2e}. relearn also computes the dataset-level PR/ROC "
         "curves (max F, AUC) in its time.",
     ]
-    atomic_write_bytes(args.out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
+    write_report(args.out, document, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Markdown summary beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,13 +27,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from reporting import write_report
 
 from relearn_core.api import RunReport, predict, prepare_pool, read_entries
 from relearn_core.base import BaseMapFailure, select_base
 from relearn_core.cache import Cache
 from relearn_core.config import RelearnConfig
 from relearn_core.executors import make_executor
-from relearn_core.imageio import atomic_write_bytes, images_in, read_image
+from relearn_core.imageio import images_in, read_image
 from relearn_core.workspace import Workspace
 
 #: (scale, mirrored) of each copy of the pool: the originals first, then smaller and mirrored copies
@@ -146,7 +146,6 @@ def main(argv=None) -> int:
         "load_average_at_end": os.getloadavg(),
         "runs": runs,
     }
-    atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
     kinds = args.kinds.split(",")
     lines = [
         f"# Pool preparation by executor: {', '.join(map(str, sizes))} images from {args.pool}, base {args.base}",
@@ -166,8 +165,7 @@ def main(argv=None) -> int:
             f"{run['megapixels_per_second']:.3f} | {run['ratio_to_first_kind']:.2f} | "
             f"{run['time_per_image_vs_first_size']:.2f} | {'yes' if run['same_as_first_kind'] else 'NO'} |"
         )
-    atomic_write_bytes(args.out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
+    write_report(args.out, result, "\n".join(lines))
     return 0
 
 

@@ -12,7 +12,6 @@ a Markdown summary beside it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -22,9 +21,10 @@ import click
 import numpy as np
 import torch
 from flow_accuracy import WARPS, warp_epe
+from reporting import write_report
 
 from relearn_core.correspondence.flow import SiftFlowParams
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image
+from relearn_core.imageio import list_by_stem, read_image
 
 TARGETS = {"shift": 1.0, "scale": 2.0}  # EPE bounds the project sets (px)
 
@@ -106,10 +106,7 @@ def main(data, limit, out, device, iterations, top_iterations, working_size):
     params = dataclasses.replace(SiftFlowParams(), **{k: v for k, v in overrides.items() if v is not None})
     with torch.no_grad():
         result = run(data, limit, params, device)
-    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
-    summary = markdown(result)
-    atomic_write_bytes(out.with_suffix(".md"), summary.encode())
-    click.echo(summary)
+    write_report(out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,19 +12,17 @@ Writes the JSON and a Markdown summary beside it (same name, .md).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from relearn_adapters.u2netp_network import network, preprocess
+from reporting import load_average, utc_now, write_report
 
 from relearn_core.evaluation.metrics import MAE, DatasetPR
 from relearn_core.evaluation.protocol import folds_of
-from relearn_core.imageio import atomic_write_bytes, eight_bit, list_by_stem, read_image, read_map, read_mask
+from relearn_core.imageio import eight_bit, list_by_stem, read_image, read_map, read_mask
 from relearn_core.relearning.features import backbone_saliency
 from relearn_core.relearning.saliency import fuse, logit
 from relearn_core.shared_data import shared_data_dir
@@ -145,12 +143,10 @@ def main(argv=None) -> int:
     report = run(data, args.base, args.folds, args.seed)
     report |= {
         "data": data.name,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+        "date": utc_now(),
+        "load_average_at_end": load_average(),
     }
-    atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(report).encode())
-    print(markdown(report))
+    write_report(args.out, report, markdown(report))
     return 0
 
 

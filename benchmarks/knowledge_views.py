@@ -11,17 +11,17 @@ Writes the JSON and a Markdown summary beside it (same name, .md).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import time
 from pathlib import Path
+
+from reporting import load_average, utc_now, write_report
 
 from relearn_core.api import knowledge_maps
 from relearn_core.cache import Cache
 from relearn_core.config import default_config
 from relearn_core.evaluation.metrics import MAE, DatasetPR
-from relearn_core.imageio import atomic_write_bytes, eight_bit, list_by_stem, read_mask
+from relearn_core.imageio import eight_bit, list_by_stem, read_mask
 from relearn_core.shared_data import shared_data_dir
 from relearn_core.workspace import Workspace
 
@@ -110,12 +110,10 @@ def main(argv=None) -> int:
     report = run(args.data or shared_data_dir(), ws, tuple(args.selection or SELECTION), args.sod)
     report |= {
         "machine": args.machine,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+        "date": utc_now(),
+        "load_average_at_end": load_average(),
     }
-    atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(report).encode())
-    print(markdown(report))
+    write_report(args.out, report, markdown(report))
     return 0
 
 

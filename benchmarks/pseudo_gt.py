@@ -19,7 +19,6 @@ Reports (JSON, and Markdown beside it):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,11 +26,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from reporting import write_report
 
 from relearn_core.correspondence.regions import superpixels
 from relearn_core.evaluation.metrics import MAE, DatasetPR
 from relearn_core.imageio import (
-    atomic_write_bytes,
     list_by_stem,
     read_image,
     read_map,
@@ -168,7 +167,6 @@ def main(argv=None) -> int:
         "wall_seconds_total": wall,
         "machine": f"{os.cpu_count()}-core CPU",
     }
-    atomic_write_bytes(args.out, json.dumps(report, indent=2).encode())
     lines = [
         f"# Pseudo-GT, X + CRF and join ceilings: {args.maps.name} on {args.data.name} ({len(stems)} images)",
         "",
@@ -185,8 +183,7 @@ def main(argv=None) -> int:
         *[f"| {k} | {v:.3f} |" for k, v in seconds.items()],
         "",
     ]
-    atomic_write_bytes(args.out.with_suffix(".md"), "\n".join(lines).encode())
-    print("\n".join(lines))
+    write_report(args.out, report, "\n".join(lines))
     return 0
 
 

@@ -31,7 +31,6 @@ Nothing is chosen on a held fold: every setting is fixed before the run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -39,6 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from reporting import write_report
 
 from relearn_core import __version__
 from relearn_core.api import RunReport, copies, knowledge_adapter, knowledge_maps, predict, read_entries, train, wrap
@@ -50,7 +50,6 @@ from relearn_core.evaluation.metrics import ImagePair, SaliencyMetrics
 from relearn_core.evaluation.protocol import BEYOND, COMPONENTS, FULL, component, folds_of
 from relearn_core.executors import make_executor
 from relearn_core.imageio import (
-    atomic_write_bytes,
     eight_bit,
     images_in,
     list_by_stem,
@@ -418,9 +417,7 @@ def main(argv=None) -> int:
         parser.error("--folds must be at least 2")
     warnings.simplefilter("default")
     result = run(args)
-    atomic_write_bytes(args.out, json.dumps(result, indent=2, default=str).encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())
-    print(markdown(result))
+    write_report(args.out, result, markdown(result))
     return 0
 
 

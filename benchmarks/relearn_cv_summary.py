@@ -18,8 +18,9 @@ import json
 import sys
 from pathlib import Path
 
+from reporting import write_report
+
 from relearn_core.config import default_config
-from relearn_core.imageio import atomic_write_bytes
 
 GAIN = 0.02  #: over X, for a base the backbone's knowledge is new to
 OWN_GAIN = 0.005  #: over X, for a base re-learned with its own network's features
@@ -151,9 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     rows = [row for path in args.results for row in summary_rows(path)]
-    atomic_write_bytes(args.out, json.dumps(rows, indent=2).encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(rows).encode())
-    print(markdown(rows))
+    write_report(args.out, rows, markdown(rows))
     return 0
 
 

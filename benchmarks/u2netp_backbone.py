@@ -14,8 +14,6 @@ Writes the JSON and a Markdown summary beside it (same name, .md).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import time
@@ -26,8 +24,9 @@ import onnxruntime
 import torch
 from relearn_adapters import u2netp
 from relearn_adapters.u2netp_network import load_u2netp, preprocess
+from reporting import load_average, utc_now, write_report
 
-from relearn_core.imageio import atomic_write_bytes, list_by_stem, read_image
+from relearn_core.imageio import list_by_stem, read_image
 from relearn_core.shared_data import shared_data_dir
 
 WAYS = ("onnxruntime", "torch_forward", "torch_features")
@@ -134,18 +133,16 @@ def main(argv=None) -> int:
         "cores": os.cpu_count(),
         "note": args.note,
         "python": platform.python_version(),
-        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        "load_average_at_start": load_average(),
     }
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         **run(args.images or shared_data_dir() / "SOD" / "images", args.count),
         "machine": machine,
     }
-    machine["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
-    atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(report).encode())
-    print(markdown(report))
+    machine["load_average_at_end"] = load_average()
+    write_report(args.out, report, markdown(report))
     return 0
 
 

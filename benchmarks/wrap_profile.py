@@ -12,12 +12,13 @@ against themselves as the pool, as ``relearn wrap`` does, in a fresh cache (cold
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+
+from reporting import write_report
 
 from relearn_core import __version__
 from relearn_core.api import predict, train, wrap
@@ -25,7 +26,7 @@ from relearn_core.cache import Cache
 from relearn_core.checkpoint import load_checkpoint, save_checkpoint
 from relearn_core.config import default_config
 from relearn_core.executors import make_executor
-from relearn_core.imageio import atomic_write_bytes, images_in, list_by_stem
+from relearn_core.imageio import images_in, list_by_stem
 from relearn_core.workspace import Workspace
 
 #: train on every image, a few epochs: a re-learner that corrects, so every stage of wrap runs
@@ -188,9 +189,7 @@ def main(argv=None) -> int:
     if not args.relearner and not args.train:
         parser.error("give --train DATASET or --relearner FILE")
     result = run(args)
-    atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out.with_suffix(".md"), markdown(result).encode())
-    print(markdown(result))
+    write_report(args.out, result, markdown(result))
     return 0
 
 
