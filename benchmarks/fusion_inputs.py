@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from relearn_adapters.u2netp_network import network, preprocess
-from reporting import load_average, utc_now, write_report
+from reporting import stamp, write_report
 
 from relearn_core.evaluation.metrics import MAE, DatasetPR
 from relearn_core.evaluation.protocol import folds_of
@@ -141,11 +141,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     data = args.data or shared_data_dir() / "SOD"
     report = run(data, args.base, args.folds, args.seed)
-    report |= {
-        "data": data.name,
-        "date": utc_now(),
-        "load_average_at_end": load_average(),
-    }
+    report |= {"data": data.name} | stamp()
     write_report(args.out, report, markdown(report))
     return 0
 

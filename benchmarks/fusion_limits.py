@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from reporting import load_average, utc_now, write_report
+from reporting import stamp, write_report
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -163,6 +163,9 @@ def run(args) -> dict:
     statistics = np.array([map_statistics(b, k) for b, k, _ in pairs.values()])
     base_better = np.array([np.abs(b - gt).mean() < np.abs(k - gt).mean() for b, k, gt in pairs.values()])
     trusts_base = dict(zip(stems, out_of_fold_gate(statistics, base_better, fold_of)))
+    base_is_better = dict(zip(stems, base_better))
+    small_inputs = {stem: refiner_inputs(read_image(images[stem]), *pairs[stem][:2]) for stem in stems}
+    small_targets = {stem: _small(pairs[stem][2].astype(np.float32)) for stem in stems}
     everywhere = fit_fusion(list(pairs.values()), args.seed)
     started = time.perf_counter()
     for fold in range(args.folds):
@@ -170,16 +173,16 @@ def run(args) -> dict:
         held = [stem for stem, f in zip(stems, fold_of) if f == fold]
         weights = fit_fusion([pairs[stem] for stem in train], args.seed)
         refiner = train_refiner(
-            torch.stack([refiner_inputs(read_image(images[s]), *pairs[s][:2]) for s in train]),
+            torch.stack([small_inputs[s] for s in train]),
             torch.stack([_small(logit(fuse(*pairs[s][:2], weights))) for s in train]),
-            torch.stack([_small(pairs[s][2].astype(np.float32)) for s in train]),
+            torch.stack([small_targets[s] for s in train]),
             args.seed,
         )
         for stem in held:
             base_map, knowledge_map, gt = pairs[stem]
             fused = fuse(base_map, knowledge_map, weights)
             with torch.no_grad():
-                residual = refiner(refiner_inputs(read_image(images[stem]), base_map, knowledge_map)[None])
+                residual = refiner(small_inputs[stem][None])
                 residual = F.interpolate(residual, gt.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
             trust = trusts_base[stem]
             predicted["X"][stem] = base_map
@@ -189,7 +192,7 @@ def run(args) -> dict:
             predicted["image gate"][stem] = trust * base_map + (1 - trust) * knowledge_map
             predicted["spatial refiner"][stem] = 1 / (1 + np.exp(-(logit(fused) + residual)))
             predicted["fusion fitted on all images (in-sample bound)"][stem] = fuse(base_map, knowledge_map, everywhere)
-            better = base_map if np.abs(base_map - gt).mean() < np.abs(knowledge_map - gt).mean() else knowledge_map
+            better = base_map if base_is_better[stem] else knowledge_map
             predicted["pick the better map per image (oracle bound)"][stem] = better
     results = {}
     for variant, held_maps in predicted.items():
@@ -249,11 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    report = run(args) | {
-        "machine": args.machine,
-        "date": utc_now(),
-        "load_average_at_end": load_average(),
-    }
+    report = run(args) | {"machine": args.machine} | stamp()
     write_report(args.out, report, markdown(report))
     return 0
 

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from reporting import load_average, utc_now, write_report
+from reporting import stamp, write_report
 
 from relearn_core.api import knowledge_maps
 from relearn_core.cache import Cache
@@ -108,11 +108,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ws = Workspace(Cache(args.cache) if args.cache else Cache())
     report = run(args.data or shared_data_dir(), ws, tuple(args.selection or SELECTION), args.sod)
-    report |= {
-        "machine": args.machine,
-        "date": utc_now(),
-        "load_average_at_end": load_average(),
-    }
+    report |= {"machine": args.machine} | stamp()
     write_report(args.out, report, markdown(report))
     return 0
 

@@ -20,6 +20,11 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+def stamp() -> dict:
+    """When the report was made and how busy the machine was at its end: the keys every summary names."""
+    return {"date": utc_now(), "load_average_at_end": load_average()}
+
+
 def write_report(out: str | os.PathLike, report, summary: str) -> None:
     """Write ``report`` as JSON to ``out`` and ``summary`` (Markdown) beside it, then print the summary."""
     out = Path(out)
