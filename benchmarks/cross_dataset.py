@@ -7,7 +7,8 @@ saliency map) and Our(X) on it.
         --out benchmarks/results/cross_horses_mbplus.json
 
 The files' variants were made with ``--config benchmarks/configs/confidence_0.yaml`` (``*_confidence_0``) and
-``--config benchmarks/configs/no_views.yaml`` (``*_no_views``).
+``--config benchmarks/configs/no_views.yaml`` (``*_no_views``) and ``--config benchmarks/configs/view_choice.yaml``
+(``*_view_choice``).
 
 Copies of a wrapped image (the same content, or re-encoded, resized, rotated) are left out of the training images.
 Everything runs through relearn's Python API, as `relearn train` and `relearn wrap` do.
@@ -90,6 +91,8 @@ def run(args) -> dict:
         "knowledge_views": list(config.knowledge_views),
         "config": config.to_dict(),
         "held_out": trained.relearner.summary.get("held_out"),
+        "fusion_held_out": trained.relearner.summary.get("fusion_held_out"),
+        "chosen_knowledge_views": list(trained.relearner.config.knowledge_views),
         "fusion": trained.relearner.fusion,
         "base": scorers["base"].scores(),
         "base_crf": scorers["base_crf"].scores(),
@@ -111,6 +114,16 @@ def markdown(result: dict) -> str:
         f"{result['images']} wrapped against a pool of their own images; backbone {result['backbone']}; images the "
         f"re-learner corrected: {result['relearned_images']}; fusion (a, b, c) {result['fusion']}; held-out choice "
         f"{result['held_out']}; machine: {result['machine']}.",
+        *(
+            [
+                "",
+                f"Knowledge views chosen on the held-out training images: "
+                f"{', '.join(result['chosen_knowledge_views']) or 'none'} (start maps by view set: "
+                f"{result['fusion_held_out']['by_views']}).",
+            ]
+            if (result.get("fusion_held_out") or {}).get("by_views")
+            else []
+        ),
         "",
         *markdown_rows(result),
     ]

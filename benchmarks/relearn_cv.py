@@ -349,6 +349,10 @@ def markdown(result: dict) -> str:
         "",
         *markdown_rows(result),
     ]
+    chosen = [fold.get("fusion_held_out", {}).get("views") for fold in result["training"].get(FULL, [])]
+    if any(views is not None for views in chosen):
+        lines += ["", "Knowledge views each fold's re-learner chose on its held-out training images:", ""]
+        lines += [f"- fold {k}: {', '.join(views) or 'none'}" for k, views in enumerate(chosen) if views is not None]
     lines += ["", "Per-fold differences (mean ± std, [min, max]):", ""]
     for name, block in result["fold_spread"].items():
         for key, d in block.items():

@@ -2,7 +2,7 @@
 # relearn_cv.py with the default configuration (registry.yaml's relearn: section) for every base on SOD and for MB+
 # and U2-Net-p on WeizmannHorse-dev (the other horses are the pool), with the ablation variants of each, the levers
 # tried beside the default (benchmarks/configs/*.yaml: the re-learner's objective, the pair filter, the selection, the
-# bootstrap guard, no knowledge view or three, no sharpening; GrabCut as extra training data), then one table: benchmarks/results/relearn_ablation.md.
+# bootstrap guard, no knowledge view or three or a choice of them, no sharpening; GrabCut as extra training data), then one table: benchmarks/results/relearn_ablation.md.
 #   bash benchmarks/relearn_cv_sod.sh [JOBS]     (JOBS parallel runs, default 1; each uses one torch thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +50,8 @@ printf '%s\n' \
   "$DSS --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_dss_u2netp_sharpness_1.json" \
   "$DSS --config $LEVER/views_scales.yaml --out $OUT/relearn_cv_dss_u2netp_views_scales.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/views_scales.yaml --out $OUT/relearn_cv_amulet_u2netp_views_scales.json" \
+  "$DSS --config $LEVER/view_choice.yaml --out $OUT/relearn_cv_dss_u2netp_view_choice.json" \
+  "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/view_choice.yaml --out $OUT/relearn_cv_amulet_u2netp_view_choice.json" \
   "$SOD --base amulet --maps $DATA/SOD/maps/Amulet --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_amulet_u2netp_sharpness_1.json" \
   "$SOD --base u2netp --config $LEVER/sharpness_1.yaml --out $OUT/relearn_cv_u2netp_u2netp_sharpness_1.json" \
   | run

@@ -49,8 +49,13 @@ def _flat(values: dict, where: str = "") -> dict:
         if isinstance(value, dict):
             flat |= _flat(value, f"{where}{key}.")
         else:
-            flat[where + key] = tuple(value) if isinstance(value, list) else value
+            flat[where + key] = _tuples(value)
     return flat
+
+
+def _tuples(value):
+    """JSON's lists (nested too) as the configuration's tuples, so that they compare equal to its defaults."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 def changed_settings(config: dict) -> str:

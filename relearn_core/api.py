@@ -35,7 +35,16 @@ from .pipeline import Pool, knowledge_map, prepare_image, relearn_image, trainin
 from .records import ImageEntry, WrapOutcome, read_entry
 from .relearning.features import knowledge_backbone
 from .relearning.saliency import fuse
-from .training import IDENTITY_FUSION, Progress, choose_fusion, fit, fit_fusion, held_out_images, negative_cap
+from .training import (
+    IDENTITY_FUSION,
+    Progress,
+    choose_fusion,
+    fit,
+    fit_fusion,
+    held_out_images,
+    negative_cap,
+    objective,
+)
 from .workspace import Timings, Workspace
 
 ImagePath = str | os.PathLike
@@ -243,6 +252,56 @@ def _start_maps(entries: list[ImageEntry], maps, knowledge_maps, fusion) -> dict
     return {entry.hash: fuse(maps[entry.hash], knowledge_maps.get(entry.hash), fusion) for entry in entries}
 
 
+def _choose_knowledge(
+    ws: Workspace,
+    adapter: plugins.Adapter,
+    knowledge: str,
+    targets: list[tuple[ImageEntry, np.ndarray]],
+    maps: Mapping[str, np.ndarray],
+    held: np.ndarray,
+    config: RelearnConfig,
+    progress: Progress,
+) -> tuple[RelearnConfig, dict[str, np.ndarray], tuple[float, float, float], dict | None]:
+    """The knowledge views, their maps and the fusion the re-learner starts from: for ``knowledge_views`` and each
+    of ``knowledge_view_choices``, the fusion fitted on the training images that are not ``held`` out, and the set
+    whose start maps score best on those that are. Returns the configuration with the chosen ``knowledge_views``, the
+    targets' knowledge maps by hash, the fusion and its held-out record (None: no fusion was fitted)."""
+    entries = [entry for entry, _ in targets]
+    candidates = []
+    for views in dict.fromkeys((config.knowledge_views, *config.knowledge_view_choices)):
+        viewed = config.with_overrides({"knowledge_views": list(views)})
+        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, entries, maps, viewed, progress)
+        # a base is never fused with its own network's plain map: that is only a recalibration, which shifts the
+        # dataset-level thresholds of every map and adds no knowledge (its map over views is new evidence)
+        if config.join != "fused" or (knowledge == adapter.name and not views):
+            candidates.append((viewed, knowledge_maps, IDENTITY_FUSION, None))
+            continue
+        samples = [(maps[entry.hash], knowledge_maps.get(entry.hash), gt) for entry, gt in targets]
+        fusion, choice = choose_fusion(
+            fit_fusion([sample for sample, out in zip(samples, held) if not out]),
+            [sample for sample, out in zip(samples, held) if out],
+            viewed,
+        )
+        candidates.append((viewed, knowledge_maps, fusion, choice))
+    scores = [_held_out_score(choice, config) for *_, choice in candidates]
+    chosen = candidates[int(np.argmax(scores))]  # ties: the earlier
+    if len(candidates) > 1 and chosen[3] is not None:
+        chosen[3]["views"] = list(chosen[0].knowledge_views)
+        chosen[3]["by_views"] = {
+            ", ".join(viewed.knowledge_views) or "none": (float(score) if np.isfinite(score) else None)
+            for (viewed, *_), score in zip(candidates, scores)
+        }
+    return chosen
+
+
+def _held_out_score(choice: dict | None, config: RelearnConfig) -> float:
+    """How the start maps a fusion choice makes score on the held-out training images (by ``config.select``); -inf
+    where nothing was measured."""
+    if not choice or "base" not in choice:
+        return -np.inf
+    return objective(config, **(choice["fused"] if choice["kept"] else choice["base"]))
+
+
 def train(
     images: Sequence[ImagePath],
     ground_truth: Mapping[ImagePath, ImagePath | np.ndarray],
@@ -284,18 +343,10 @@ def train(
         if not targets:
             raise RelearnError(f"none of the {len(entries)} training images has both a base map and ground truth")
         knowledge = knowledge_adapter(config)
-        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, [e for e, _ in targets], maps, config, progress)
         held = held_out_images(len(targets), config)
-        fusion, fusion_choice = IDENTITY_FUSION, None
-        # a base is never fused with its own network's plain map: that is only a recalibration, which shifts the
-        # dataset-level thresholds of every map and adds no knowledge (its map over views is new evidence)
-        if config.join == "fused" and (knowledge != adapter.name or config.knowledge_views):
-            samples = [(maps[e.hash], knowledge_maps.get(e.hash), gt) for e, gt in targets]
-            fusion, fusion_choice = choose_fusion(
-                fit_fusion([sample for sample, out in zip(samples, held) if not out]),
-                [sample for sample, out in zip(samples, held) if out],
-                config,
-            )
+        config, knowledge_maps, fusion, fusion_choice = _choose_knowledge(
+            ws, adapter, knowledge, targets, maps, held, config, progress
+        )
         start = _start_maps([e for e, _ in targets], maps, knowledge_maps, fusion)
         pool = prepare_pool(ws, pool_entries, maps, config, progress)
         if config.label_transfer:

@@ -721,6 +721,16 @@ def _echo_held_out(relearner) -> None:
         )
     )
     before, after = held["before"], held["after"]
+    if "by_views" in choice:
+        scored = ", ".join(
+            f"{name} {score:.4f}" if score is not None else f"{name} not fused"
+            for name, score in choice["by_views"].items()
+        )
+        click.echo(
+            f"relearn: knowledge views {', '.join(views) or 'none'} chosen on its {images} held-out training images "
+            f"(their start maps by {relearner.config.select}: {scored})",
+            err=True,
+        )
     if choice.get("kept") is False:
         fused, alone = choice["fused"], choice["base"]
         click.echo(

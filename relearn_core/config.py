@@ -12,7 +12,7 @@ from .correspondence.flow import FLOW_GRID, SiftFlowParams
 from .correspondence.regions import EDGEBOXES, PROPOSALS, SUPERPIXELS
 from .correspondence.retrieval import NEIGHBOURS
 from .errors import InputError, RelearnError
-from .relearning.features import DEFAULT_BACKBONE
+from .relearning.features import DEFAULT_BACKBONE, parse_view
 from .relearning.joint import JointConfig
 from .relearning.pair_filter import FilterConfig
 
@@ -48,6 +48,11 @@ class RelearnConfig:
     #: join "fused": views of each image whose knowledge maps are averaged with its own, "flip" (mirrored) or
     #: "scale=F" (the network's input resized by F): test-time augmentation, one more network pass per view
     knowledge_views: tuple[str, ...] = ()
+    #: join "fused": other view sets training may take instead of ``knowledge_views``, e.g. [[flip, scale=1.4]]: the
+    #: fusion is fitted over each, and the set whose fused map scores best by ``select`` on the held-out training
+    #: images (ties: the earlier, ``knowledge_views`` first) becomes the re-learner's ``knowledge_views``. Each view
+    #: costs wrap one more network pass per image, so a choice trades speed for what the held-out images show.
+    knowledge_view_choices: tuple[tuple[str, ...], ...] = ()
     #: join "fused": factors the fused map's logit may be scaled by, one chosen with the fusion on held-out training
     #: images by ``select``. Logistic regression makes a calibrated, soft map; a sharper one keeps its ranking (so
     #: max F) and lowers the MAE. Capped so the map written in 8 bits keeps the ranking its curves are drawn from.
@@ -70,6 +75,11 @@ class RelearnConfig:
     def __post_init__(self):
         if not self.sharpness or min(self.sharpness) <= 0:
             raise RelearnError(f"sharpness: expected one or more factors above 0, got {list(self.sharpness)}")
+        # YAML and checkpoints give lists: tuples keep the record hashable and equal to one built in Python
+        object.__setattr__(self, "knowledge_views", tuple(self.knowledge_views))
+        object.__setattr__(self, "knowledge_view_choices", tuple(tuple(views) for views in self.knowledge_view_choices))
+        for view in {view for views in (self.knowledge_views, *self.knowledge_view_choices) for view in views}:
+            parse_view(view)  # a bad name fails when the configuration is read, before any work
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -570,6 +570,68 @@ def test_a_base_is_never_fused_with_its_own_networks_plain_map(tiny, config, cac
     assert itself.summary["fusion_held_out"]["weights"] != list(IDENTITY_FUSION)
 
 
+def test_each_re_learner_takes_the_knowledge_views_its_held_out_images_score_best(
+    tiny, config, cache_dir, tmp_path, monkeypatch
+):
+    """With ``knowledge_view_choices`` training fits the fusion over each view set, keeps the one whose fused maps
+    score best on its held-out training images, and records it in the re-learner's configuration: wrap then fuses
+    the base with the knowledge map over those views."""
+    from relearn_core.api import knowledge_maps
+    from relearn_core.relearning.saliency import fuse
+    from relearn_core.training import objective
+
+    # a weak base (a centre prior, the same for every image): the fusion with U2-Net-p's map pays, and by how much
+    # depends on the views
+    weak = tmp_path / "weak"
+    weak.mkdir()
+    for stem in STEMS:
+        height, width = read_mask(tiny / "gt" / f"{stem}.png").shape
+        rows, columns = np.mgrid[:height, :width]
+        centre = np.exp(-(((rows - height / 2) / height) ** 2 + ((columns - width / 2) / width) ** 2) * 4)
+        Image.fromarray(np.uint8(255 * (0.2 + 0.6 * centre))).save(weak / f"{stem}.png")
+    choosing = config.with_overrides(
+        {
+            "join": "fused",
+            "backbone": "u2netp",
+            "knowledge_views": [],
+            "knowledge_view_choices": [["flip"], ["scale=0.5"]],
+            "joint": {"epochs": 0},  # no correction: wrap writes the start map, the fusion alone
+        }
+    )
+    images, masks = labelled(tiny, tiny / "gt")
+    ws = Workspace(Cache(cache_dir))
+    relearner = train(images, masks, "dss", options={"maps": str(weak)}, config=choosing, workspace=ws).relearner
+    choice = relearner.summary["fusion_held_out"]
+    scores = choice["by_views"]
+    assert set(scores) == {"none", "flip", "scale=0.5"} and len(set(scores.values())) == 3
+    assert choice["kept"] and objective(choosing, **choice["fused"]) == pytest.approx(max(scores.values()))
+    assert scores[", ".join(choice["views"]) or "none"] == max(scores.values())
+    assert relearner.config.knowledge_views == tuple(choice["views"])
+    assert not relearner.corrects
+    # the command line's wrap, from the checkpoint: it says which views were chosen, and fuses over them
+    model = tmp_path / "choosing.pt"
+    save_checkpoint(relearner, model)
+    monkeypatch.setenv("RELEARN_CACHE", str(cache_dir))
+    result = CliRunner().invoke(
+        main,
+        ["wrap", "--base", "dss", "--maps", str(weak), "--images", str(tiny / "images"), "--model", str(model)]
+        + ["--out", str(tmp_path / "out"), "--device", "cpu", "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"knowledge views {', '.join(choice['views']) or 'none'} chosen on its" in result.output
+    knowledge = knowledge_maps(images, relearner.config, workspace=ws)
+    for path in images:
+        expected = fuse(read_map(weak / path.name).astype(np.float32), knowledge[path], relearner.fusion)
+        assert np.abs(read_map(tmp_path / "out" / path.name) - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_a_knowledge_view_choice_with_an_unknown_view_fails_when_the_configuration_is_read(config):
+    from relearn_core.errors import RelearnError
+
+    with pytest.raises(RelearnError, match="unknown knowledge view 'mirror'"):
+        config.with_overrides({"knowledge_view_choices": [["flip"], ["mirror"]]})
+
+
 def held_out_with_near_truth(tiny: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(base map, a knowledge map close to the truth, mask) of each tiny image, as choose_fusion takes them."""
     held = []
