@@ -229,16 +229,18 @@ def _knowledge_maps(
     maps: Mapping[str, np.ndarray],
     config: RelearnConfig,
     progress: Progress,
+    features_needed: bool,
 ) -> dict[str, np.ndarray]:
     """The backbone's own saliency maps of the entries by content hash (the base's maps when the base is that
-    network and no views are asked for). They come from the features pass, which the re-learner needs for these images
-    anyway: the network runs once per image, and once more per knowledge view."""
+    network and no views are asked for). ``features_needed``: the re-learner needs these images' superpixel features
+    too, and the maps come from that features pass (the network runs once per image, and once more per knowledge
+    view); else from a pass of the network alone."""
     if not knowledge:
         return {}
     if knowledge == adapter.name and not config.knowledge_views:
         return {entry.hash: maps[entry.hash] for entry in entries}
     found = {}
-    made = ws.map(functools.partial(knowledge_map, ws, config), entries)
+    made = ws.map(functools.partial(knowledge_map, ws, config, features_needed=features_needed), entries)
     for done, (entry, saliency) in enumerate(zip(entries, made), 1):
         found[entry.hash] = saliency
         progress("knowledge maps", done, len(entries))
@@ -270,7 +272,7 @@ def _choose_knowledge(
     candidates = []
     for views in dict.fromkeys((config.knowledge_views, *config.knowledge_view_choices)):
         viewed = config.with_overrides({"knowledge_views": list(views)})
-        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, entries, maps, viewed, progress)
+        knowledge_maps = _knowledge_maps(ws, adapter, knowledge, entries, maps, viewed, progress, True)
         # a base is never fused with its own network's plain map: that is only a recalibration, which shifts the
         # dataset-level thresholds of every map and adds no knowledge (its map over views is new evidence)
         if config.join != "fused" or (knowledge == adapter.name and not views):
@@ -411,7 +413,9 @@ def wrap(
             pool_entries = _unique(read_entries([p for pool in pools for p in pool], report)) if pools else entries
         maps = _base_maps(ws, adapter, _unique(entries + pool_entries), options, report, progress)
         targets = [entry for entry in entries if entry.hash in maps]
-        knowledge_maps = _knowledge_maps(ws, adapter, relearner.knowledge, targets, maps, relearner.config, progress)
+        knowledge_maps = _knowledge_maps(
+            ws, adapter, relearner.knowledge, targets, maps, relearner.config, progress, relearner.corrects
+        )
         start = _start_maps(targets, maps, knowledge_maps, relearner.fusion)
         if relearner.corrects:
             pool = prepare_pool(ws, pool_entries, maps, relearner.config, progress)

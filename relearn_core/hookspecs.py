@@ -61,7 +61,8 @@ class BackboneInfo:
     saliency_adapter: str = ""
     #: (level, channel) of the backbone's own saliency logit among the maps :func:`relearn_extract_features` returns,
     #: for a saliency network: its sigmoid, min-max normalised per image and resized to the image, is the map the
-    #: fused join fuses with the base (taken from the features pass: the network runs once per image)
+    #: fused join fuses with the base (taken from the features pass where the re-learner needs the features, so the
+    #: network runs once per image; from a pass of the network alone where it does not, a wrap that corrects nothing)
     saliency_logit: tuple[int, int] | None = None
     #: (height, width) the features stage resizes every image to, for a network with a fixed input (so it sees what
     #: its adapter feeds it); None: images are shrunk to a long side of 320 px, their aspect kept

@@ -1,7 +1,7 @@
 """The re-learning pipeline for one image (paper Fig. 2), read top to bottom.
 
     base map             the adapter's prediction (base.py), given
-    knowledge map        join "fused": the backbone's own saliency map (a saliency network's), from the features pass
+    knowledge map        join "fused": the backbone's own saliency map (a saliency network's), over its views
     retrieval            the top-5 pool images by GIST + HOG (correspondence/retrieval.py)
     regions              SLIC superpixels and EdgeBoxes proposals of the target and its neighbours (regions.py)
     flow                 SIFT Flow from the target to each neighbour (flow.py)
@@ -96,10 +96,11 @@ def prepare_image(ws: Workspace, config: RelearnConfig, item: tuple[ImageEntry, 
     return descriptor
 
 
-def knowledge_map(ws: Workspace, config: RelearnConfig, entry: ImageEntry) -> np.ndarray:
-    """The backbone's own saliency map of a target (join "fused"), made by the features pass over its superpixels."""
-    superpixels = superpixels_for(ws, entry, config.correspondence.superpixels)
-    return knowledge_map_for(ws, entry, superpixels, config.backbone, config.knowledge_views)
+def knowledge_map(ws: Workspace, config: RelearnConfig, entry: ImageEntry, features_needed: bool = False) -> np.ndarray:
+    """The backbone's own saliency map of a target (join "fused"); ``features_needed``: the caller needs the target's
+    superpixel features too (training, a wrap that corrects), and the map comes from that same network pass."""
+    superpixels = superpixels_for(ws, entry, config.correspondence.superpixels) if features_needed else None
+    return knowledge_map_for(ws, entry, config.backbone, config.knowledge_views, superpixels)
 
 
 def image_evidence(

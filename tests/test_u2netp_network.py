@@ -152,7 +152,7 @@ def test_knowledge_views_average_the_network_over_mirrored_and_resized_inputs(so
     ws = Workspace(Cache(tmp_path / "cache"))
 
     def knowledge(of: ImageEntry, views: tuple[str, ...]) -> np.ndarray:
-        return knowledge_map_for(ws, of, superpixels(of.image, 100), "u2netp", views)
+        return knowledge_map_for(ws, of, "u2netp", views, superpixels(of.image, 100))
 
     plain, plain_mirrored = knowledge(entry, ()), knowledge(mirrored, ())
     flipped, flipped_mirrored = knowledge(entry, ("flip",)), knowledge(mirrored, ("flip",))
@@ -161,6 +161,28 @@ def test_knowledge_views_average_the_network_over_mirrored_and_resized_inputs(so
     assert np.abs(plain_mirrored[:, ::-1] - plain).max() > 20 * np.abs(flipped_mirrored[:, ::-1] - flipped).max()
     scaled = knowledge(entry, ("scale=1.4",))
     assert np.abs(scaled - plain).mean() > 1e-3 and np.corrcoef(scaled.ravel(), plain.ravel())[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("views", [(), ("flip",)])
+def test_the_knowledge_map_is_the_same_from_the_features_pass_or_a_pass_of_the_network_alone(sod_dir, tmp_path, views):
+    """A caller that needs the superpixel features takes the image's own map from that pass; a wrap that does not
+    correct runs the network alone: bit for bit the same map, so neither the cache nor the results depend on which."""
+    from relearn_core.cache import Cache
+    from relearn_core.correspondence.regions import superpixels
+    from relearn_core.records import read_entry
+    from relearn_core.relearning.features import knowledge_map_for
+    from relearn_core.workspace import Workspace
+
+    entry = read_entry(sorted(list_by_stem(sod_dir / "images").values())[7])
+    with_features = Workspace(Cache(tmp_path / "with"))
+    alone = Workspace(Cache(tmp_path / "alone"))
+    with with_features.measure() as features_timings:
+        from_features = knowledge_map_for(with_features, entry, "u2netp", views, superpixels(entry.image, 100))
+    with alone.measure() as alone_timings:
+        from_network = knowledge_map_for(alone, entry, "u2netp", views)
+    assert from_features.shape == entry.image.shape[:2] and from_features.max() > 0.5
+    np.testing.assert_array_equal(from_features, from_network)
+    assert features_timings.stages["features"].computed == 1 and "features" not in alone_timings.stages
 
 
 @pytest.mark.parametrize("view", ["mirror", "scale=0", "scale=big", "scale"])

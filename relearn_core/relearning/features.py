@@ -244,10 +244,10 @@ def parse_view(view: str) -> tuple[bool, float]:
 
 
 @torch.no_grad()
-def view_saliency(image: np.ndarray, backbone: str, view: str, device: str = "cpu") -> np.ndarray:
+def view_saliency(image: np.ndarray, backbone: str, view: str | None = None, device: str = "cpu") -> np.ndarray:
     """The saliency network's own map (float16 (H, W) in [0, 1]) of one view of the image (RGB uint8), mapped back
-    onto the image."""
-    mirrored, scale = parse_view(view)
+    onto the image; ``view`` None: of the image as it is (the map the features pass gives beside the features)."""
+    mirrored, scale = parse_view(view) if view is not None else (False, 1.0)
     info = plugins.get_backbone(backbone).info
     if info.saliency_logit is None:
         raise RelearnError(f"backbone {backbone!r} gives no saliency map")
@@ -264,27 +264,38 @@ def view_saliency(image: np.ndarray, backbone: str, view: str, device: str = "cp
 
 
 def knowledge_map_for(
-    ws: Workspace, entry: ImageEntry, superpixels: Superpixels, backbone: str, views: Sequence[str] = ()
+    ws: Workspace,
+    entry: ImageEntry,
+    backbone: str,
+    views: Sequence[str] = (),
+    superpixels: Superpixels | None = None,
 ) -> np.ndarray:
-    """The saliency map of the image by the backbone's saliency network (float32 (H, W)), from the features pass;
-    with ``views``, the mean of its maps of the image and of each view (test-time augmentation: the network's errors
-    that depend on the framing average out), min-max normalised."""
+    """The saliency map of the image by the backbone's saliency network (float32 (H, W)), cached; with ``views``,
+    the mean of its maps of the image and of each view (test-time augmentation: the network's errors that depend on
+    the framing average out), min-max normalised.
+
+    The image's own map is the same whichever pass makes it: with ``superpixels`` (a caller that needs the image's
+    superpixel features anyway) it is taken from the features pass, so the network runs once for both; without,
+    from a pass of the network alone, which spares the superpixels and their pooling."""
     for view in views:
         parse_view(view)  # a bad name fails before any work
     part = knowledge_backbone(backbone)
-    found = features_for(ws, entry, superpixels, part).saliency
-    if found is None:
+    if not part:
         raise RelearnError(f"backbone {backbone!r} gives no saliency map")
-    if not views:
-        return found.astype(np.float32)
 
-    def averaged() -> BaseMap:
-        total = found.astype(np.float32) + sum(
+    # outside the knowledge stage, so that the features pass is timed as its own stage only
+    from_features = None if superpixels is None else features_for(ws, entry, superpixels, part).saliency
+
+    def made() -> BaseMap:
+        own = view_saliency(entry.image, part, None, ws.device) if from_features is None else from_features
+        if not views:
+            return BaseMap(own.astype(np.float32))
+        total = own.astype(np.float32) + sum(
             view_saliency(entry.image, part, view, ws.device).astype(np.float32) for view in views
         )
         return BaseMap(network_map(total, total.shape))
 
-    return ws.run(KNOWLEDGE_STAGE, [entry.hash], {"backbone": part, "views": list(views)}, averaged, BaseMap).map
+    return ws.run(KNOWLEDGE_STAGE, [entry.hash], {"backbone": part, "views": list(views)}, made, BaseMap).map
 
 
 def features_for(
