@@ -114,19 +114,15 @@ def markdown(result: dict) -> str:
         f"{result['images']} wrapped against a pool of their own images; backbone {result['backbone']}; images the "
         f"re-learner corrected: {result['relearned_images']}; fusion (a, b, c) {result['fusion']}; held-out choice "
         f"{result['held_out']}; machine: {result['machine']}.",
-        *(
-            [
-                "",
-                f"Knowledge views chosen on the held-out training images: "
-                f"{', '.join(result['chosen_knowledge_views']) or 'none'} (start maps by view set: "
-                f"{result['fusion_held_out']['by_views']}).",
-            ]
-            if (result.get("fusion_held_out") or {}).get("by_views")
-            else []
-        ),
-        "",
-        *markdown_rows(result),
     ]
+    by_views = (result.get("fusion_held_out") or {}).get("by_views")
+    if by_views:
+        lines += [
+            "",
+            f"Knowledge views chosen on the held-out training images: "
+            f"{', '.join(result['chosen_knowledge_views']) or 'none'} (start maps by view set: {by_views}).",
+        ]
+    lines += ["", *markdown_rows(result)]
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,7 @@ from .training import (
     held_out_images,
     negative_cap,
     objective,
+    written_scores,
 )
 from .workspace import Timings, Workspace
 
@@ -267,41 +268,35 @@ def _choose_knowledge(
     """The knowledge views, their maps and the fusion the re-learner starts from: for ``knowledge_views`` and each
     of ``knowledge_view_choices``, the fusion fitted on the training images that are not ``held`` out, and the set
     whose start maps score best on those that are. Returns the configuration with the chosen ``knowledge_views``, the
-    targets' knowledge maps by hash, the fusion and its held-out record (None: no fusion was fitted)."""
+    targets' knowledge maps by hash, the fusion and its held-out record (None: no fusion was fitted and no view
+    set chosen)."""
     entries = [entry for entry, _ in targets]
-    candidates = []
+    held_base = [(maps[entry.hash], gt) for (entry, gt), out in zip(targets, held) if out]
+    # start maps without a fusion are the base's, and score as the base does (needed only to choose among view sets)
+    choosing = bool(held_base and config.knowledge_view_choices)
+    base_score = objective(config, *written_scores(held_base)) if choosing else -np.inf
+    best, by_views = None, {}
     for views in dict.fromkeys((config.knowledge_views, *config.knowledge_view_choices)):
         viewed = config.with_overrides({"knowledge_views": list(views)})
         knowledge_maps = _knowledge_maps(ws, adapter, knowledge, entries, maps, viewed, progress, True)
+        fusion, choice = IDENTITY_FUSION, None
         # a base is never fused with its own network's plain map: that is only a recalibration, which shifts the
         # dataset-level thresholds of every map and adds no knowledge (its map over views is new evidence)
-        if config.join != "fused" or (knowledge == adapter.name and not views):
-            candidates.append((viewed, knowledge_maps, IDENTITY_FUSION, None))
-            continue
-        samples = [(maps[entry.hash], knowledge_maps.get(entry.hash), gt) for entry, gt in targets]
-        fusion, choice = choose_fusion(
-            fit_fusion([sample for sample, out in zip(samples, held) if not out]),
-            [sample for sample, out in zip(samples, held) if out],
-            viewed,
-        )
-        candidates.append((viewed, knowledge_maps, fusion, choice))
-    scores = [_held_out_score(choice, config) for *_, choice in candidates]
-    chosen = candidates[int(np.argmax(scores))]  # ties: the earlier
-    if len(candidates) > 1 and chosen[3] is not None:
-        chosen[3]["views"] = list(chosen[0].knowledge_views)
-        chosen[3]["by_views"] = {
-            ", ".join(viewed.knowledge_views) or "none": (float(score) if np.isfinite(score) else None)
-            for (viewed, *_), score in zip(candidates, scores)
-        }
-    return chosen
-
-
-def _held_out_score(choice: dict | None, config: RelearnConfig) -> float:
-    """How the start maps a fusion choice makes score on the held-out training images (by ``config.select``); -inf
-    where nothing was measured."""
-    if not choice or "base" not in choice:
-        return -np.inf
-    return objective(config, **(choice["fused"] if choice["kept"] else choice["base"]))
+        if config.join == "fused" and (knowledge != adapter.name or views):
+            samples = [(maps[entry.hash], knowledge_maps.get(entry.hash), gt) for entry, gt in targets]
+            fusion, choice = choose_fusion(
+                fit_fusion([sample for sample, out in zip(samples, held) if not out]),
+                [sample for sample, out in zip(samples, held) if out],
+                viewed,
+            )
+        score = objective(config, **choice["fused"]) if fusion != IDENTITY_FUSION and held_base else base_score
+        by_views[", ".join(views) or "none"] = float(score) if np.isfinite(score) else None
+        if best is None or score > best[0]:  # ties: the earlier
+            best = (score, (viewed, knowledge_maps, fusion, choice))
+    viewed, knowledge_maps, fusion, choice = best[1]
+    if len(by_views) > 1:  # the choice is recorded even when no fusion won
+        choice = (choice or {}) | {"views": list(viewed.knowledge_views), "by_views": by_views}
+    return viewed, knowledge_maps, fusion, choice
 
 
 def train(
@@ -413,9 +408,11 @@ def wrap(
             pool_entries = _unique(read_entries([p for pool in pools for p in pool], report)) if pools else entries
         maps = _base_maps(ws, adapter, _unique(entries + pool_entries), options, report, progress)
         targets = [entry for entry in entries if entry.hash in maps]
-        knowledge_maps = _knowledge_maps(
-            ws, adapter, relearner.knowledge, targets, maps, relearner.config, progress, relearner.corrects
-        )
+        knowledge_maps = {}
+        if relearner.fusion != IDENTITY_FUSION:  # unfused, the start maps are the base's: no knowledge map is read
+            knowledge_maps = _knowledge_maps(
+                ws, adapter, relearner.knowledge, targets, maps, relearner.config, progress, relearner.corrects
+            )
         start = _start_maps(targets, maps, knowledge_maps, relearner.fusion)
         if relearner.corrects:
             pool = prepare_pool(ws, pool_entries, maps, relearner.config, progress)

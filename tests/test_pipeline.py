@@ -554,7 +554,7 @@ def test_a_base_is_never_fused_with_its_own_networks_plain_map(tiny, config, cac
     """U2-Net-p re-learned with the u2netp backbone: its knowledge map is its own map, so the re-learner corrects the
     base itself (the identity fusion) and no fusion is fitted, whatever the held-out images would say; its map over
     knowledge views (test-time augmentation) is new evidence, fused like another network's."""
-    from relearn_core.training import IDENTITY_FUSION
+    from relearn_core.training import IDENTITY_FUSION, objective
 
     fused = config.with_overrides({"join": "fused", "backbone": "u2netp"})
     images, masks = labelled(tiny, tiny / "gt")
@@ -568,6 +568,13 @@ def test_a_base_is_never_fused_with_its_own_networks_plain_map(tiny, config, cac
     itself = train(images, masks, "u2netp", config=viewed, workspace=Workspace(Cache(cache_dir))).relearner
     assert itself.config.knowledge_views == ("flip",)
     assert itself.summary["fusion_held_out"]["weights"] != list(IDENTITY_FUSION)
+    # offered the choice, its plain map (no fusion: the base itself) competes with the base's held-out score
+    choosing = fused.with_overrides({"knowledge_view_choices": [["flip"]]})
+    chose = train(images, masks, "u2netp", config=choosing, workspace=Workspace(Cache(cache_dir))).relearner
+    choice = chose.summary["fusion_held_out"]
+    base = objective(choosing, **choice["base"])
+    assert choice["by_views"]["none"] == pytest.approx(base)
+    assert chose.config.knowledge_views == (("flip",) if choice["by_views"]["flip"] > base else ())
 
 
 def test_each_re_learner_takes_the_knowledge_views_its_held_out_images_score_best(
